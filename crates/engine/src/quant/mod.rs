@@ -1,0 +1,1 @@
+//! Block formats: one file per format with the block layout, scalar dequant and quant.
