@@ -3,7 +3,22 @@
 //! Data flow:
 //! GGUF → config + tokenizer → shards (weights + KV) → forward → greedy or
 //! speculative loop → tokens → CLI or server.
+//!
+//! - `gguf`: container reader (mmap) and writer
+//! - `quant`: block formats, scalar references
+//! - `tokenizer`: byte-level BPE from GGUF metadata
+//! - `model`: config, RoPE, one file per architecture, shards
+//! - `backend`: the op trait and its CPU implementation
+//! - `engine`: loading, sessions (KV state + tokens), LongRoPE re-encoding
 
+pub mod backend;
+pub mod engine;
+pub mod error;
 pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod npy;
 pub mod quant;
 pub mod tokenizer;
+
+pub use error::EngineError;

@@ -1,0 +1,324 @@
+//! CPU backend. Threads split output rows (or attention heads) only, never a reduction, so
+//! results are identical for any thread count and any number of token rows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use super::{Backend, ComputePath, OpCounts};
+use crate::model::rope::{RopeSet, RopeTable};
+use crate::model::weights::HostTensor;
+use crate::quant;
+use crate::EngineError;
+
+const OPS: [&str; 11] = [
+    "embed",
+    "rms_norm",
+    "matmul",
+    "copy_cols",
+    "rope",
+    "kv_write",
+    "attention",
+    "swiglu",
+    "add",
+    "upload",
+    "download",
+];
+
+pub struct CpuBackend {
+    path: ComputePath,
+    pool: rayon::ThreadPool,
+    counts: [AtomicU64; OPS.len()],
+}
+
+/// A weight matrix `[n_out, n_in]`.
+pub enum CpuMatrix {
+    /// Rows dequantized on the fly from the mapped file (reference path).
+    Reference(HostTensor),
+}
+
+pub struct CpuVector(pub Vec<f32>);
+
+impl CpuBackend {
+    pub fn new(path: ComputePath, threads: usize) -> Result<CpuBackend, EngineError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("verispec-cpu-{i}"))
+            .build()
+            .map_err(|e| EngineError::Backend(format!("cannot start CPU threads: {e}")))?;
+        Ok(CpuBackend {
+            path,
+            pool,
+            counts: Default::default(),
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    fn count(&self, op: &'static str) {
+        if let Some(i) = OPS.iter().position(|o| *o == op) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Fixed-order f32 dot product: 8 interleaved partial sums, then a fixed tree.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for i in chunks * 8..n {
+        acc[i % 8] += a[i] * b[i];
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+fn dequant_row(t: &HostTensor, r: usize, out: &mut [f32]) {
+    // Shapes and byte counts were validated when the file was parsed.
+    quant::dequantize_row(t.ggml_type(), t.row(r), out)
+        .expect("tensor row size was validated at load");
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Matrix = CpuMatrix;
+    type Vector = CpuVector;
+
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn path(&self) -> ComputePath {
+        self.path
+    }
+
+    fn alloc(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut Vec<f32>) {
+        self.count("upload");
+        dst[..src.len()].copy_from_slice(src);
+    }
+
+    fn download(&self, src: &Vec<f32>, offset: usize, dst: &mut [f32]) {
+        self.count("download");
+        dst.copy_from_slice(&src[offset..offset + dst.len()]);
+    }
+
+    fn load_matrix(&self, t: &HostTensor) -> Result<CpuMatrix, EngineError> {
+        if t.info.shape.len() != 2 {
+            return Err(EngineError::Model(format!(
+                "{} should be a matrix, has shape {:?}",
+                t.name(),
+                t.info.shape
+            )));
+        }
+        if !quant::can_dequantize(t.ggml_type()) {
+            return Err(EngineError::Model(format!(
+                "{}: tensor type {} is not supported",
+                t.name(),
+                t.ggml_type()
+            )));
+        }
+        Ok(CpuMatrix::Reference(t.clone()))
+    }
+
+    fn load_vector(&self, t: &HostTensor) -> Result<CpuVector, EngineError> {
+        let v = quant::dequantize_tensor(t.ggml_type(), t.data(), t.info.n_elements() as usize)
+            .map_err(|e| EngineError::Model(format!("{}: {e}", t.name())))?;
+        Ok(CpuVector(v))
+    }
+
+    fn matrix_dims(&self, m: &CpuMatrix) -> (usize, usize) {
+        match m {
+            CpuMatrix::Reference(t) => (t.n_rows(), t.row_len()),
+        }
+    }
+
+    fn embed(&self, table: &CpuMatrix, ids: &[u32], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        self.count("embed");
+        let (n_vocab, n_embd) = self.matrix_dims(table);
+        for (t, &id) in ids.iter().enumerate() {
+            if id as usize >= n_vocab {
+                return Err(EngineError::BadInput(format!(
+                    "token id {id} is out of range (vocabulary has {n_vocab} entries)"
+                )));
+            }
+            let dst = &mut out[t * n_embd..(t + 1) * n_embd];
+            match table {
+                CpuMatrix::Reference(h) => dequant_row(h, id as usize, dst),
+            }
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, w: &CpuVector, eps: f32, n_rows: usize, out: &mut Vec<f32>) {
+        self.count("rms_norm");
+        let n = w.0.len();
+        for t in 0..n_rows {
+            let row = &x[t * n..(t + 1) * n];
+            let ss = dot_f32(row, row);
+            let scale = 1.0 / (ss / n as f32 + eps).sqrt();
+            for ((o, &v), &g) in out[t * n..(t + 1) * n].iter_mut().zip(row).zip(&w.0) {
+                *o = (v * scale) * g;
+            }
+        }
+    }
+
+    fn matmul(&self, m: &CpuMatrix, x: &Vec<f32>, n_rows: usize, out: &mut Vec<f32>) {
+        self.count("matmul");
+        let (n_out, n_in) = self.matrix_dims(m);
+        match m {
+            CpuMatrix::Reference(h) => {
+                // [n_out, n_rows], transposed into out afterwards.
+                let mut tmp = vec![0f32; n_out * n_rows];
+                const ROWS_PER_TASK: usize = 16;
+                self.pool.install(|| {
+                    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows)
+                        .enumerate()
+                        .for_each(|(c, chunk)| {
+                            let mut w = vec![0f32; n_in];
+                            for (i, dst) in chunk.chunks_mut(n_rows).enumerate() {
+                                dequant_row(h, c * ROWS_PER_TASK + i, &mut w);
+                                for (t, d) in dst.iter_mut().enumerate() {
+                                    *d = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
+                                }
+                            }
+                        })
+                });
+                for o in 0..n_out {
+                    for t in 0..n_rows {
+                        out[t * n_out + o] = tmp[o * n_rows + t];
+                    }
+                }
+            }
+        }
+    }
+
+    fn copy_cols(
+        &self,
+        src: &Vec<f32>,
+        src_width: usize,
+        col: usize,
+        width: usize,
+        n_rows: usize,
+        dst: &mut Vec<f32>,
+    ) {
+        self.count("copy_cols");
+        for t in 0..n_rows {
+            dst[t * width..(t + 1) * width]
+                .copy_from_slice(&src[t * src_width + col..t * src_width + col + width]);
+        }
+    }
+
+    fn rope(
+        &self,
+        rope: &RopeTable,
+        set: RopeSet,
+        x: &mut Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        head_dim: usize,
+        pos0: usize,
+    ) {
+        self.count("rope");
+        for t in 0..n_rows {
+            rope.apply_row(set, pos0 + t, &mut x[t * width..(t + 1) * width], head_dim);
+        }
+    }
+
+    fn kv_write(&self, cache: &mut Vec<f32>, src: &Vec<f32>, width: usize, pos0: usize, n_rows: usize) {
+        self.count("kv_write");
+        cache[pos0 * width..(pos0 + n_rows) * width].copy_from_slice(&src[..n_rows * width]);
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        pos0: usize,
+        n_rows: usize,
+        out: &mut Vec<f32>,
+    ) {
+        self.count("attention");
+        let group = n_head / n_head_kv;
+        let kv_width = n_head_kv * head_dim;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        self.pool.install(|| {
+            out[..n_rows * n_head * head_dim]
+                .par_chunks_mut(head_dim)
+                .enumerate()
+                .for_each(|(idx, o)| {
+                    let (t, h) = (idx / n_head, idx % n_head);
+                    let g = h / group;
+                    let pos = pos0 + t;
+                    let qh = &q[idx * head_dim..(idx + 1) * head_dim];
+                    let mut scores = vec![0f32; pos + 1];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        let k = &k_cache[j * kv_width + g * head_dim..][..head_dim];
+                        *s = dot_f32(qh, k) * scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    o.fill(0.0);
+                    for (j, &p) in scores.iter().enumerate() {
+                        let v = &v_cache[j * kv_width + g * head_dim..][..head_dim];
+                        for (od, &vd) in o.iter_mut().zip(v) {
+                            *od += p * vd;
+                        }
+                    }
+                    let inv = 1.0 / sum;
+                    for od in o.iter_mut() {
+                        *od *= inv;
+                    }
+                })
+        });
+    }
+
+    fn swiglu(&self, gate: &Vec<f32>, up: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
+        self.count("swiglu");
+        for ((o, &g), &u) in out[..n].iter_mut().zip(&gate[..n]).zip(&up[..n]) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) {
+        self.count("add");
+        for (a, &b) in x[..n].iter_mut().zip(&y[..n]) {
+            *a += b;
+        }
+    }
+
+    fn op_counts(&self) -> OpCounts {
+        OPS.iter()
+            .zip(&self.counts)
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .filter(|(_, c)| *c > 0)
+            .collect()
+    }
+
+    fn reset_op_counts(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}

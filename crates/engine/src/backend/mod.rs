@@ -1,0 +1,105 @@
+//! The few ops a decoder needs, behind a trait a GPU can implement.
+//!
+//! Model code (model/llama.rs, model/phi3.rs) is generic over `Backend` and never branches on the
+//! device. Every op is per row: the result for one token row never depends on how many rows share
+//! the call (batch invariance), which is what makes T-token verification exact.
+//!
+//! Buffers hold row-major f32 activations `[n_rows, width]`; ops take `n_rows` explicitly so one
+//! buffer sized for the widest block serves every block size.
+
+pub mod cpu;
+
+use std::collections::BTreeMap;
+
+use crate::model::rope::{RopeSet, RopeTable};
+use crate::model::weights::HostTensor;
+use crate::EngineError;
+
+/// How matrices are stored and multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputePath {
+    /// Weights dequantized to f32, f32 activations: the engine's own golden.
+    Reference,
+    /// INT8 / native-quant kernels (batch-invariant).
+    Fast,
+}
+
+/// Op names counted for the residency gate.
+pub type OpCounts = BTreeMap<&'static str, u64>;
+
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// f32 activations on the device.
+    type Buf: Send;
+    /// A weight matrix `[n_out, n_in]` in the backend's layout.
+    type Matrix: Send + Sync;
+    /// A weight vector (norm weights) on the device.
+    type Vector: Send + Sync;
+
+    /// "cpu", "cuda:0", ...
+    fn device_name(&self) -> String;
+    fn path(&self) -> ComputePath;
+
+    fn alloc(&self, n: usize) -> Self::Buf;
+    fn upload(&self, src: &[f32], dst: &mut Self::Buf);
+    /// Copy `dst.len()` values starting at element `offset` back to the host.
+    fn download(&self, src: &Self::Buf, offset: usize, dst: &mut [f32]);
+
+    fn load_matrix(&self, t: &HostTensor) -> Result<Self::Matrix, EngineError>;
+    fn load_vector(&self, t: &HostTensor) -> Result<Self::Vector, EngineError>;
+    /// Rows of the matrix (n_out) and row length (n_in).
+    fn matrix_dims(&self, m: &Self::Matrix) -> (usize, usize);
+
+    /// out[t] = table row ids[t] (dequantized). out: [n, n_embd]
+    fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Buf) -> Result<(), EngineError>;
+    /// out[t] = x[t] / rms(x[t]) * w. x, out: [n_rows, w.len()]
+    fn rms_norm(&self, x: &Self::Buf, w: &Self::Vector, eps: f32, n_rows: usize, out: &mut Self::Buf);
+    /// out[t][o] = dot(m[o], x[t]). x: [n_rows, n_in], out: [n_rows, n_out]
+    fn matmul(&self, m: &Self::Matrix, x: &Self::Buf, n_rows: usize, out: &mut Self::Buf);
+    /// Copy columns [col, col+width) of src [n_rows, src_width] into dst [n_rows, width].
+    fn copy_cols(
+        &self,
+        src: &Self::Buf,
+        src_width: usize,
+        col: usize,
+        width: usize,
+        n_rows: usize,
+        dst: &mut Self::Buf,
+    );
+    /// Rotate every head of x [n_rows, n_heads*head_dim]; row t is at position pos0 + t.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        rope: &RopeTable,
+        set: RopeSet,
+        x: &mut Self::Buf,
+        n_rows: usize,
+        width: usize,
+        head_dim: usize,
+        pos0: usize,
+    );
+    /// Write rows [n_rows, width] into cache rows [pos0, pos0+n_rows).
+    fn kv_write(&self, cache: &mut Self::Buf, src: &Self::Buf, width: usize, pos0: usize, n_rows: usize);
+    /// Causal GQA attention. q: [n_rows, n_head*head_dim]; row t (position pos0+t) attends to
+    /// cache rows [0, pos0+t]. out: [n_rows, n_head*head_dim].
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        pos0: usize,
+        n_rows: usize,
+        out: &mut Self::Buf,
+    );
+    /// out = silu(gate) * up, elementwise over [n_rows, width].
+    fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, n: usize, out: &mut Self::Buf);
+    /// x += y over the first n elements.
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize);
+
+    /// Ops dispatched since the last reset, by name.
+    fn op_counts(&self) -> OpCounts;
+    fn reset_op_counts(&self);
+}

@@ -1,0 +1,266 @@
+//! Loading a model and running sessions over it.
+//!
+//! `Engine` holds the immutable parts (mapped file, config, tokenizer, shard weights) and can be
+//! shared between threads; a `Session` owns the KV state of every shard and the token history.
+//! A server thread drives sessions; the CLI drives one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{ComputePath, OpCounts};
+use crate::gguf::GgufFile;
+use crate::model::config::ModelConfig;
+use crate::model::rope::{RopeSet, RopeTable};
+use crate::model::weights::TensorSource;
+use crate::model::{
+    Activations, LogitRows, Shard, ShardOutput, ShardRunner, ShardSpec, ShardWeights,
+};
+use crate::backend::Backend;
+use crate::EngineError;
+
+/// Runtime parameters (not model hyperparameters).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub path: ComputePath,
+    pub threads: usize,
+    /// Context size; None = min(context_length, 4096).
+    pub n_ctx: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            path: ComputePath::Fast,
+            threads: default_threads(),
+            n_ctx: None,
+        }
+    }
+}
+
+/// Physical cores, as far as std can tell (it reports logical CPUs; on SMT machines we halve).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Makes fresh shard runners (with empty KV) over shared weights.
+pub trait ShardFactory: Send + Sync {
+    fn spec(&self) -> &ShardSpec;
+    fn device(&self) -> String;
+    fn new_runner(&self, n_ctx: usize) -> Box<dyn ShardRunner>;
+}
+
+struct Factory<B: Backend> {
+    backend: Arc<B>,
+    cfg: Arc<ModelConfig>,
+    weights: Arc<ShardWeights<B>>,
+}
+
+impl<B: Backend> ShardFactory for Factory<B> {
+    fn spec(&self) -> &ShardSpec {
+        &self.weights.spec
+    }
+    fn device(&self) -> String {
+        self.backend.device_name()
+    }
+    fn new_runner(&self, n_ctx: usize) -> Box<dyn ShardRunner> {
+        Box::new(Shard::new(
+            self.backend.clone(),
+            self.cfg.clone(),
+            self.weights.clone(),
+            n_ctx,
+        ))
+    }
+}
+
+pub struct Engine {
+    pub file: Arc<GgufFile>,
+    pub cfg: Arc<ModelConfig>,
+    pub n_ctx: usize,
+    pub rope: Arc<RopeTable>,
+    pub shards: Vec<Arc<dyn ShardFactory>>,
+    pub options: LoadOptions,
+}
+
+impl Engine {
+    /// Load a single GGUF file as one shard on the CPU.
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Engine, EngineError> {
+        let file = Arc::new(GgufFile::open(path)?);
+        let cfg = Arc::new(ModelConfig::from_gguf(&file)?);
+        let n_ctx = resolve_ctx(&cfg, options.n_ctx)?;
+        let backend = Arc::new(CpuBackend::new(options.path, options.threads)?);
+        let src = TensorSource { file: file.clone() };
+        let spec = ShardSpec {
+            layers: 0..cfg.n_layer,
+            has_embed: true,
+            has_head: true,
+        };
+        let weights = Arc::new(ShardWeights::load(&*backend, &src, &cfg, spec)?);
+        let rope = Arc::new(RopeTable::new(&cfg.rope, n_ctx));
+        Ok(Engine {
+            file,
+            cfg: cfg.clone(),
+            n_ctx,
+            rope,
+            shards: vec![Arc::new(Factory {
+                backend,
+                cfg,
+                weights,
+            })],
+            options,
+        })
+    }
+
+    pub fn new_session(&self) -> Session {
+        Session {
+            cfg: self.cfg.clone(),
+            rope: self.rope.clone(),
+            shards: self
+                .shards
+                .iter()
+                .map(|f| f.new_runner(self.n_ctx))
+                .collect(),
+            tokens: Vec::new(),
+            set: RopeSet::Short,
+            n_ctx: self.n_ctx,
+        }
+    }
+}
+
+fn resolve_ctx(cfg: &ModelConfig, requested: Option<usize>) -> Result<usize, EngineError> {
+    match requested {
+        None => Ok(cfg.n_ctx_train.min(4096)),
+        Some(0) => Err(EngineError::BadInput("--ctx must be at least 1".into())),
+        Some(n) if n > cfg.n_ctx_train => Err(EngineError::BadInput(format!(
+            "--ctx {n} exceeds the model's context length {}",
+            cfg.n_ctx_train
+        ))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// The KV state of every shard plus the tokens it holds.
+pub struct Session {
+    pub cfg: Arc<ModelConfig>,
+    rope: Arc<RopeTable>,
+    shards: Vec<Box<dyn ShardRunner>>,
+    tokens: Vec<u32>,
+    /// The LongRoPE factor set the cached K rows were rotated with.
+    set: RopeSet,
+    n_ctx: usize,
+}
+
+impl Session {
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn rope(&self) -> &RopeTable {
+        &self.rope
+    }
+
+    /// Roll every shard back to the first `len` tokens.
+    pub fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        for s in &mut self.shards {
+            s.truncate(len);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.truncate(0);
+        self.set = RopeSet::Short;
+    }
+
+    /// Append `ids` and return logits for the requested rows ([rows, n_vocab]).
+    ///
+    /// LongRoPE: the factor set is chosen from the total length, as a no-cache forward pass
+    /// would. When that set differs from the one the cache was built with (the sequence just
+    /// crossed original_context_length, or was rolled back below it), the whole sequence is
+    /// re-encoded with the new set, so logits always equal a no-cache forward.
+    pub fn forward(&mut self, ids: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        if ids.is_empty() {
+            return Err(EngineError::BadInput("no tokens to process".into()));
+        }
+        let n_vocab = self.cfg.n_vocab as u32;
+        if let Some(&bad) = ids.iter().find(|&&id| id >= n_vocab) {
+            return Err(EngineError::BadInput(format!(
+                "token id {bad} is out of range (vocabulary has {n_vocab} tokens)"
+            )));
+        }
+        let total = self.tokens.len() + ids.len();
+        if total > self.n_ctx {
+            return Err(EngineError::BadInput(format!(
+                "{total} tokens exceed the context size {} (use a larger --ctx)",
+                self.n_ctx
+            )));
+        }
+        let need = self.rope.set_for(total - 1);
+        if need != self.set && !self.tokens.is_empty() {
+            let mut all = std::mem::take(&mut self.tokens);
+            let n_old = all.len();
+            all.extend_from_slice(ids);
+            for s in &mut self.shards {
+                s.truncate(0);
+            }
+            self.set = need;
+            let logits = self.run(&all, 0, if rows == LogitRows::All { LogitRows::All } else { rows })?;
+            self.tokens = all;
+            return Ok(if rows == LogitRows::All {
+                logits[n_old * self.cfg.n_vocab..].to_vec()
+            } else {
+                logits
+            });
+        }
+        self.set = need;
+        let pos0 = self.tokens.len();
+        let logits = self.run(ids, pos0, rows)?;
+        self.tokens.extend_from_slice(ids);
+        Ok(logits)
+    }
+
+    fn run(&mut self, ids: &[u32], pos0: usize, rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        let mut act = Activations::Tokens(ids.to_vec());
+        let n = self.shards.len();
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            match shard.forward(&act, pos0, self.set, &self.rope, rows)? {
+                ShardOutput::Hidden(h) => act = Activations::Hidden(h),
+                ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
+                ShardOutput::Logits(_) => {
+                    return Err(EngineError::Model(format!(
+                        "shard {i} produced logits but is not the last shard"
+                    )))
+                }
+            }
+        }
+        Err(EngineError::Model("the last shard holds no LM head".into()))
+    }
+
+    /// Op counts per shard since the last reset: (device, counts).
+    pub fn op_counts(&self) -> Vec<(String, OpCounts)> {
+        self.shards
+            .iter()
+            .map(|s| (s.device(), s.op_counts()))
+            .collect()
+    }
+}
+
+/// Index of the largest value; ties go to the lowest index. NaN is never chosen over a number.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in row.iter().enumerate() {
+        if v > best_v {
+            best_v = v;
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,47 @@
+//! The engine's error type. Every variant carries a message that says what to do.
+
+use std::fmt;
+
+use crate::gguf::GgufError;
+use crate::model::config::ConfigError;
+
+#[derive(Debug)]
+pub enum EngineError {
+    Gguf(GgufError),
+    Config(ConfigError),
+    /// The model file is usable but something in it is unsupported or inconsistent.
+    Model(String),
+    /// Bad input from the user: token ids, prompt length, options.
+    BadInput(String),
+    Tokenizer(String),
+    Backend(String),
+    Io(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Gguf(e) => write!(f, "{e}"),
+            EngineError::Config(e) => write!(f, "{e}"),
+            EngineError::Model(m) => write!(f, "model: {m}"),
+            EngineError::BadInput(m) => write!(f, "{m}"),
+            EngineError::Tokenizer(m) => write!(f, "tokenizer: {m}"),
+            EngineError::Backend(m) => write!(f, "backend: {m}"),
+            EngineError::Io(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<GgufError> for EngineError {
+    fn from(e: GgufError) -> Self {
+        EngineError::Gguf(e)
+    }
+}
+
+impl From<ConfigError> for EngineError {
+    fn from(e: ConfigError) -> Self {
+        EngineError::Config(e)
+    }
+}
