@@ -1,1 +1,39 @@
-fn main(){}
+//! The `verispec` command line. Thin: parses arguments, calls the engine, prints results.
+//! stdout carries results (exactly one JSON object with --json); logs and streamed text that
+//! are not the result go to stderr. Exit codes: 0 success, 1 failure, 2 usage error.
+
+mod commands;
+mod common;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "verispec",
+    version,
+    about = "Exact greedy and speculative decoding for phi3 / llama GGUF models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a GGUF file's architecture, hyperparameters, tokenizer and tensors.
+    Inspect(commands::inspect::Args),
+    /// One forward pass over given token ids; writes logits as .npy.
+    Forward(commands::forward::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Forward(a) => commands::forward::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

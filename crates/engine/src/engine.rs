@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::backend::{ComputePath, OpCounts};
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
@@ -16,7 +17,6 @@ use crate::model::weights::TensorSource;
 use crate::model::{
     Activations, LogitRows, Shard, ShardOutput, ShardRunner, ShardSpec, ShardWeights,
 };
-use crate::backend::Backend;
 use crate::EngineError;
 
 /// Runtime parameters (not model hyperparameters).
@@ -211,7 +211,15 @@ impl Session {
                 s.truncate(0);
             }
             self.set = need;
-            let logits = self.run(&all, 0, if rows == LogitRows::All { LogitRows::All } else { rows })?;
+            let logits = self.run(
+                &all,
+                0,
+                if rows == LogitRows::All {
+                    LogitRows::All
+                } else {
+                    rows
+                },
+            )?;
             self.tokens = all;
             return Ok(if rows == LogitRows::All {
                 logits[n_old * self.cfg.n_vocab..].to_vec()

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;

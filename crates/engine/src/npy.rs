@@ -49,7 +49,9 @@ pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated .npy header")?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(format!("only little-endian float32 C-order arrays are supported: {header}"));
+        return Err(format!(
+            "only little-endian float32 C-order arrays are supported: {header}"
+        ));
     }
     let open = header.find("'shape': (").ok_or("no shape in .npy header")? + 10;
     let close = header[open..].find(')').ok_or("bad shape in .npy header")? + open;
@@ -57,12 +59,19 @@ pub fn decode_f32(bytes: &[u8]) -> Result<(Vec<f32>, Vec<usize>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|e| format!("bad dimension {s:?}: {e}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|e| format!("bad dimension {s:?}: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     let n: usize = shape.iter().product();
     let body = &bytes[hstart + hlen..];
     if body.len() != n * 4 {
-        return Err(format!("expected {} data bytes, found {}", n * 4, body.len()));
+        return Err(format!(
+            "expected {} data bytes, found {}",
+            n * 4,
+            body.len()
+        ));
     }
     let data = body
         .chunks_exact(4)

@@ -19,11 +19,19 @@ fn golden(case: &str) -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn load(case: &str, path: ComputePath) -> Engine {
-    let opts = LoadOptions { path, threads: 2, n_ctx: None };
+    let opts = LoadOptions {
+        path,
+        threads: 2,
+        n_ctx: None,
+    };
     Engine::load(&testdata().join(format!("{case}.gguf")), opts).expect("load fixture")
 }
 
@@ -52,8 +60,14 @@ fn check_logits(case: &str, path: ComputePath) {
                 "{case} seq{si}: argmax differs at position {t}"
             );
         }
-        eprintln!("{case} seq{si} ({} tokens): max |diff| = {max_diff:e}", input.len());
-        assert!(max_diff <= MAX_ABS_DIFF, "{case} seq{si}: max |diff| {max_diff} > {MAX_ABS_DIFF}");
+        eprintln!(
+            "{case} seq{si} ({} tokens): max |diff| = {max_diff:e}",
+            input.len()
+        );
+        assert!(
+            max_diff <= MAX_ABS_DIFF,
+            "{case} seq{si}: max |diff| {max_diff} > {MAX_ABS_DIFF}"
+        );
     }
 }
 
@@ -91,4 +105,76 @@ fn tiny_phi3_reference_greedy() {
 #[test]
 fn tiny_llama_reference_greedy() {
     check_greedy("tiny-llama", ComputePath::Reference);
+}
+
+/// Incremental decoding across original_context_length re-encodes with the long factors, so
+/// every step's logits equal a no-cache forward over the same tokens (the golden rows past 64).
+#[test]
+fn tiny_phi3_longrope_switch_matches_no_cache_forward() {
+    let g = golden("tiny-phi3");
+    let seq = &g["sequences"][1];
+    let input = ids(&seq["input_ids"]);
+    let file = testdata().join(seq["logits_file"].as_str().unwrap());
+    let (want, _) = verispec::npy::decode_f32(&std::fs::read(file).unwrap()).unwrap();
+    let orig = g["original_context_length"].as_u64().unwrap() as usize;
+    let engine = load("tiny-phi3", ComputePath::Reference);
+    let v = engine.cfg.n_vocab;
+    let mut s = engine.new_session();
+    let prefill = 40;
+    s.forward(&input[..prefill], LogitRows::Last).unwrap();
+    let mut checked = 0;
+    for t in prefill..input.len() {
+        let got = s.forward(&input[t..t + 1], LogitRows::Last).unwrap();
+        if t >= orig {
+            let row = &want[t * v..(t + 1) * v];
+            let d = got
+                .iter()
+                .zip(row)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= MAX_ABS_DIFF, "position {t}: max |diff| {d}");
+            assert_eq!(argmax(&got), argmax(row), "position {t}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, input.len() - orig);
+}
+
+/// Batch invariance on the reference path: a T-row pass equals T single-row passes bit for
+/// bit, for every row's logits, with 1 and 2 threads.
+#[test]
+fn reference_block_equals_sequential_bitwise() {
+    for case in ["tiny-phi3", "tiny-llama"] {
+        let g = golden(case);
+        let input = ids(&g["sequences"][0]["input_ids"]);
+        let mut runs = Vec::new();
+        for threads in [1, 2] {
+            let opts = LoadOptions {
+                path: ComputePath::Reference,
+                threads,
+                n_ctx: None,
+            };
+            let engine = Engine::load(&testdata().join(format!("{case}.gguf")), opts).unwrap();
+            let (prefix, block) = (30, 4);
+            let mut a = engine.new_session();
+            a.forward(&input[..prefix], LogitRows::Last).unwrap();
+            let blk = a
+                .forward(&input[prefix..prefix + block], LogitRows::All)
+                .unwrap();
+            let mut b = engine.new_session();
+            b.forward(&input[..prefix], LogitRows::Last).unwrap();
+            let mut seq = Vec::new();
+            for t in prefix..prefix + block {
+                seq.extend(b.forward(&input[t..t + 1], LogitRows::Last).unwrap());
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&blk),
+                bits(&seq),
+                "{case}: block != sequential ({threads} threads)"
+            );
+            runs.push(bits(&blk));
+        }
+        assert_eq!(runs[0], runs[1], "{case}: 1 thread != 2 threads");
+    }
 }

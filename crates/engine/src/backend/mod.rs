@@ -50,9 +50,21 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn matrix_dims(&self, m: &Self::Matrix) -> (usize, usize);
 
     /// out[t] = table row ids[t] (dequantized). out: [n, n_embd]
-    fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Buf) -> Result<(), EngineError>;
+    fn embed(
+        &self,
+        table: &Self::Matrix,
+        ids: &[u32],
+        out: &mut Self::Buf,
+    ) -> Result<(), EngineError>;
     /// out[t] = x[t] / rms(x[t]) * w. x, out: [n_rows, w.len()]
-    fn rms_norm(&self, x: &Self::Buf, w: &Self::Vector, eps: f32, n_rows: usize, out: &mut Self::Buf);
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Vector,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Self::Buf,
+    );
     /// out[t][o] = dot(m[o], x[t]). x: [n_rows, n_in], out: [n_rows, n_out]
     fn matmul(&self, m: &Self::Matrix, x: &Self::Buf, n_rows: usize, out: &mut Self::Buf);
     /// Copy columns [col, col+width) of src [n_rows, src_width] into dst [n_rows, width].
@@ -78,7 +90,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
         pos0: usize,
     );
     /// Write rows [n_rows, width] into cache rows [pos0, pos0+n_rows).
-    fn kv_write(&self, cache: &mut Self::Buf, src: &Self::Buf, width: usize, pos0: usize, n_rows: usize);
+    fn kv_write(
+        &self,
+        cache: &mut Self::Buf,
+        src: &Self::Buf,
+        width: usize,
+        pos0: usize,
+        n_rows: usize,
+    );
     /// Causal GQA attention. q: [n_rows, n_head*head_dim]; row t (position pos0+t) attends to
     /// cache rows [0, pos0+t]. out: [n_rows, n_head*head_dim].
     #[allow(clippy::too_many_arguments)]

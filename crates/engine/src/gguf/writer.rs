@@ -287,9 +287,15 @@ pub fn str_array<S: AsRef<str>>(items: &[S]) -> Value {
 }
 
 pub fn f32_array(items: &[f32]) -> Value {
-    Value::Array(ValueType::F32, items.iter().map(|&x| Value::F32(x)).collect())
+    Value::Array(
+        ValueType::F32,
+        items.iter().map(|&x| Value::F32(x)).collect(),
+    )
 }
 
 pub fn i32_array(items: &[i32]) -> Value {
-    Value::Array(ValueType::I32, items.iter().map(|&x| Value::I32(x)).collect())
+    Value::Array(
+        ValueType::I32,
+        items.iter().map(|&x| Value::I32(x)).collect(),
+    )
 }

@@ -72,8 +72,24 @@ pub fn attention_block<B: Backend>(
 ) {
     let n = step.n_rows;
     let (wq, wkv) = (cfg.n_embd_q(), cfg.n_embd_kv());
-    b.rope(step.rope, step.set, &mut s.q, n, wq, cfg.head_dim, step.pos0);
-    b.rope(step.rope, step.set, &mut s.k, n, wkv, cfg.head_dim, step.pos0);
+    b.rope(
+        step.rope,
+        step.set,
+        &mut s.q,
+        n,
+        wq,
+        cfg.head_dim,
+        step.pos0,
+    );
+    b.rope(
+        step.rope,
+        step.set,
+        &mut s.k,
+        n,
+        wkv,
+        cfg.head_dim,
+        step.pos0,
+    );
     b.kv_write(&mut kv.0, &s.k, wkv, step.pos0, n);
     b.kv_write(&mut kv.1, &s.v, wkv, step.pos0, n);
     b.attention(

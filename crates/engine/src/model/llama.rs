@@ -27,7 +27,12 @@ pub struct LlamaLayer<B: Backend> {
 }
 
 impl<B: Backend> LlamaLayer<B> {
-    pub fn load(b: &B, src: &TensorSource, cfg: &ModelConfig, i: usize) -> Result<Self, EngineError> {
+    pub fn load(
+        b: &B,
+        src: &TensorSource,
+        cfg: &ModelConfig,
+        i: usize,
+    ) -> Result<Self, EngineError> {
         let (d, q, kv, ff) = (cfg.n_embd, cfg.n_embd_q(), cfg.n_embd_kv(), cfg.n_ff);
         let m = |name: &str, shape: [usize; 2]| -> Result<B::Matrix, EngineError> {
             b.load_matrix(&src.get_shaped(&format!("blk.{i}.{name}.weight"), &shape)?)

@@ -237,7 +237,14 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn kv_write(&self, cache: &mut Vec<f32>, src: &Vec<f32>, width: usize, pos0: usize, n_rows: usize) {
+    fn kv_write(
+        &self,
+        cache: &mut Vec<f32>,
+        src: &Vec<f32>,
+        width: usize,
+        pos0: usize,
+        n_rows: usize,
+    ) {
         self.count("kv_write");
         cache[pos0 * width..(pos0 + n_rows) * width].copy_from_slice(&src[..n_rows * width]);
     }
