@@ -170,7 +170,7 @@ fn target_type(t: &TensorInfo, ty: ExportType) -> GgmlType {
     match ty {
         ExportType::Keep => t.ggml_type,
         ExportType::Q8_0 => {
-            if t.shape.len() >= 2 && t.row_len() % 32 == 0 {
+            if t.shape.len() >= 2 && t.row_len().is_multiple_of(32) {
                 GgmlType::Q8_0
             } else {
                 t.ggml_type
