@@ -16,6 +16,8 @@ pub enum EngineError {
     Tokenizer(String),
     Backend(String),
     Io(String),
+    /// The exactness guard saw a verify row differ from sequential decoding.
+    Exactness(Box<crate::generate::speculative::Divergence>),
 }
 
 impl fmt::Display for EngineError {
@@ -28,6 +30,7 @@ impl fmt::Display for EngineError {
             EngineError::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             EngineError::Backend(m) => write!(f, "backend: {m}"),
             EngineError::Io(m) => write!(f, "{m}"),
+            EngineError::Exactness(d) => write!(f, "{}", d.summary()),
         }
     }
 }

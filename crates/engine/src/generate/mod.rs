@@ -3,6 +3,8 @@
 //! Loops work on token ids and report each new token to a callback, which decides whether to go
 //! on (end-of-generation and stop strings are the caller's policy, see `StopPolicy`).
 
+pub mod ngram;
+pub mod speculative;
 pub mod stop;
 
 use std::time::Instant;

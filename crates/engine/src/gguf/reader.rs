@@ -456,7 +456,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             .ok_or_else(|| GgufError::ShapeOverflow {
                 tensor: name.clone(),
             })?;
-        if shape[0] % ggml_type.block_size() as u64 != 0 {
+        if !shape[0].is_multiple_of(ggml_type.block_size() as u64) {
             return Err(GgufError::BadShape {
                 tensor: name,
                 reason: format!(

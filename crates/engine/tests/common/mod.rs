@@ -17,7 +17,10 @@ pub fn smollm2() -> Option<PathBuf> {
     if std::env::var("VERISPEC_REQUIRE_MODELS").as_deref() == Ok("1") {
         panic!("{} is missing: run scripts/fetch-models.sh", p.display());
     }
-    eprintln!("skipping: {} is missing (run scripts/fetch-models.sh)", p.display());
+    eprintln!(
+        "skipping: {} is missing (run scripts/fetch-models.sh)",
+        p.display()
+    );
     None
 }
 
@@ -38,12 +41,19 @@ impl GoldenRecord {
 
 pub fn golden_records() -> Vec<GoldenRecord> {
     let mut out = Vec::new();
-    for f in ["smollm2_greedy.jsonl", "smollm2_greedy_200tok_specprompts.jsonl"] {
+    for f in [
+        "smollm2_greedy.jsonl",
+        "smollm2_greedy_200tok_specprompts.jsonl",
+    ] {
         let text = std::fs::read_to_string(workspace().join("testdata/golden").join(f)).unwrap();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let ids = |k: &str| -> Vec<u32> {
-                v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
             };
             let top5 = v["top5_logits"]
                 .as_array()
