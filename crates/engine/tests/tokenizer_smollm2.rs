@@ -96,3 +96,33 @@ fn smollm2_special_tokens() {
     assert_eq!(tok.decode(&plain), "<|im_end|>");
     assert!(tok.chat_template().unwrap().contains("<|im_start|>"));
 }
+
+/// Tricky strings with reference ids from Hugging Face `tokenizers`, set up like SmolLM2's
+/// tokenizer.json over the same vocabulary (see testdata/tokenizer/README.md).
+#[test]
+fn smollm2_matches_hf_tokenizers_on_tricky_text() {
+    let Some(tok) = smollm2_tokenizer() else {
+        return;
+    };
+    let path = common::workspace().join("testdata/tokenizer/smollm2_hf_cases.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok.encode(text, true, true);
+        if got != want {
+            failures.push(format!("{text:?}\n  ours {got:?}\n  hf   {want:?}"));
+        }
+        assert_eq!(tok.decode_with(&got, true), text);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

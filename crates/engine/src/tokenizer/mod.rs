@@ -591,6 +591,11 @@ impl Tokenizer {
         }
     }
 
+    /// Forget the cached pre-token encodings (for benchmarks).
+    pub fn clear_cache(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     // ---- decoding ----
 
     /// The bytes of token `id`, as `llama_token_to_piece(id, lstrip = 0, special)` gives them:
