@@ -557,6 +557,41 @@ mod tests {
     }
 
     #[test]
+    fn every_pre_tokenizer_covers_any_text() {
+        // Random code points from every plane (a fixed xorshift sequence), plus ASCII.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..300 {
+            let n = (next() % 24) as usize;
+            let text: String = (0..n)
+                .map(|_| {
+                    let r = next();
+                    let cp = if r % 3 == 0 {
+                        (r >> 8) % 0x80
+                    } else {
+                        (r >> 8) % 0x11_0000
+                    };
+                    char::from_u32(cp as u32).unwrap_or('\u{FFFD}')
+                })
+                .collect();
+            for pre in [
+                PreTokenizer::Gpt2,
+                PreTokenizer::Smollm,
+                PreTokenizer::Llama3,
+                PreTokenizer::Gpt4o,
+                PreTokenizer::Default,
+            ] {
+                pieces(pre, &text);
+            }
+        }
+    }
+
+    #[test]
     fn names() {
         assert_eq!(
             PreConfig::from_name("").map(|c| c.pre),

@@ -241,6 +241,13 @@ fn defaults_follow_llama_cpp() {
 }
 
 #[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+    check::<StreamDecoder>();
+}
+
+#[test]
 fn cache_gives_same_ids() {
     let t = tok();
     let text = "hello world hello world hellx hello";
