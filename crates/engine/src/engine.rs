@@ -17,6 +17,7 @@ use crate::model::weights::TensorSource;
 use crate::model::{
     Activations, LogitRows, Shard, ShardOutput, ShardRunner, ShardSpec, ShardWeights,
 };
+use crate::shard::manifest::{parse_device, Device, Manifest};
 use crate::EngineError;
 
 /// Runtime parameters (not model hyperparameters).
@@ -112,6 +113,112 @@ impl Engine {
             })],
             options,
         })
+    }
+
+    /// Load a sharded model from its manifest. Every shard file carries the source's metadata;
+    /// the config comes from the first and must agree with every other.
+    pub fn load_manifest(
+        manifest_path: &Path,
+        options: LoadOptions,
+        device_override: Option<&str>,
+    ) -> Result<Engine, EngineError> {
+        let m = Manifest::load(manifest_path)?;
+        let mut files = Vec::new();
+        for (i, e) in m.shards.iter().enumerate() {
+            let p = m.shard_path(manifest_path, i);
+            let f = GgufFile::open(&p)
+                .map_err(|err| EngineError::Model(format!("shard {i} ({}): {err}", e.path)))?;
+            let range = (
+                f.opt_u32("verispec.shard.layer_start")?,
+                f.opt_u32("verispec.shard.layer_end")?,
+            );
+            if range != (Some(e.layers[0] as u32), Some(e.layers[1] as u32)) {
+                return Err(EngineError::Model(format!(
+                    "shard {i} ({}): the file holds layers {:?}, the manifest says {}:{}",
+                    e.path, range, e.layers[0], e.layers[1]
+                )));
+            }
+            files.push(Arc::new(f));
+        }
+        let cfg = Arc::new(ModelConfig::from_gguf(&files[0])?);
+        if cfg.n_layer != m.source.n_layer {
+            return Err(EngineError::Model(format!(
+                "the manifest says {} layers, the shards' config {}",
+                m.source.n_layer, cfg.n_layer
+            )));
+        }
+        let n_ctx = resolve_ctx(&cfg, options.n_ctx)?;
+        let cpu = Arc::new(CpuBackend::new(options.path, options.threads)?);
+        let mut shards: Vec<Arc<dyn ShardFactory>> = Vec::new();
+        for (i, (e, f)) in m.shards.iter().zip(&files).enumerate() {
+            let other = ModelConfig::from_gguf(f)?;
+            if other != *cfg {
+                return Err(EngineError::Model(format!(
+                    "shard {i} ({}): its model config differs from shard 0's",
+                    e.path
+                )));
+            }
+            let device = device_override.unwrap_or(&e.device);
+            match parse_device(device).map_err(EngineError::BadInput)? {
+                Device::Cpu => {}
+                Device::Cuda(_) => {
+                    return Err(EngineError::Backend(format!(
+                        "shard {i} is placed on {device}, but this build has no CUDA backend; \
+                         pass --device cpu to run it on the CPU"
+                    )))
+                }
+            }
+            let spec = ShardSpec {
+                layers: e.layers[0]..e.layers[1],
+                has_embed: e.embed,
+                has_head: e.lm_head,
+            };
+            let src = TensorSource { file: f.clone() };
+            let weights = ShardWeights::load(&*cpu, &src, &cfg, spec)
+                .map_err(|err| EngineError::Model(format!("shard {i} ({}): {err}", e.path)))?;
+            let backend = Arc::new(cpu.sibling());
+            shards.push(Arc::new(Factory {
+                backend,
+                cfg: cfg.clone(),
+                weights: Arc::new(weights),
+            }));
+        }
+        Ok(Engine {
+            file: files[0].clone(),
+            rope: Arc::new(RopeTable::new(&cfg.rope, n_ctx)),
+            cfg,
+            n_ctx,
+            shards,
+            options,
+        })
+    }
+
+    /// Factories for the same (single-file) model split into `ranges` of
+    /// (start, end, has_embed, has_head), on this engine's compute path.
+    pub fn split(
+        &self,
+        ranges: &[(usize, usize, bool, bool)],
+    ) -> Result<Vec<Arc<dyn ShardFactory>>, EngineError> {
+        let cpu = CpuBackend::new(self.options.path, self.options.threads)?;
+        let src = TensorSource {
+            file: self.file.clone(),
+        };
+        ranges
+            .iter()
+            .map(|&(start, end, has_embed, has_head)| {
+                let spec = ShardSpec {
+                    layers: start..end,
+                    has_embed,
+                    has_head,
+                };
+                let weights = ShardWeights::load(&cpu, &src, &self.cfg, spec)?;
+                Ok(Arc::new(Factory {
+                    backend: Arc::new(cpu.sibling()),
+                    cfg: self.cfg.clone(),
+                    weights: Arc::new(weights),
+                }) as Arc<dyn ShardFactory>)
+            })
+            .collect()
     }
 
     pub fn new_session(&self) -> Session {

@@ -16,6 +16,11 @@ pub enum EngineError {
     Tokenizer(String),
     Backend(String),
     Io(String),
+    /// A NaN or infinity appeared in the hidden state after `layer`.
+    NonFinite {
+        layer: usize,
+        what: String,
+    },
     /// The exactness guard saw a verify row differ from sequential decoding.
     Exactness(Box<crate::generate::speculative::Divergence>),
 }
@@ -30,6 +35,9 @@ impl fmt::Display for EngineError {
             EngineError::Tokenizer(m) => write!(f, "tokenizer: {m}"),
             EngineError::Backend(m) => write!(f, "backend: {m}"),
             EngineError::Io(m) => write!(f, "{m}"),
+            EngineError::NonFinite { layer, what } => {
+                write!(f, "non-finite value after layer {layer}: {what}")
+            }
             EngineError::Exactness(d) => write!(f, "{}", d.summary()),
         }
     }

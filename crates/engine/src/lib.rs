@@ -21,6 +21,8 @@ pub mod kv_cache;
 pub mod model;
 pub mod npy;
 pub mod quant;
+pub mod shard;
 pub mod tokenizer;
+pub mod validate;
 
 pub use error::EngineError;

@@ -180,6 +180,8 @@ pub trait ShardRunner: Send {
     fn truncate(&mut self, len: usize);
     fn op_counts(&self) -> OpCounts;
     fn reset_op_counts(&self);
+    /// Check the hidden state for NaN/Inf after every layer (validation probes).
+    fn set_check_finite(&mut self, on: bool);
 }
 
 /// A layer range with its weights, KV state and scratch buffers on one backend.
@@ -190,6 +192,7 @@ pub struct Shard<B: Backend> {
     pub kv: KvCache<B>,
     scratch: Scratch<B>,
     logits_buf: B::Buf,
+    check_finite: bool,
 }
 
 impl<B: Backend> Shard<B> {
@@ -214,6 +217,7 @@ impl<B: Backend> Shard<B> {
             kv,
             scratch,
             logits_buf,
+            check_finite: false,
         }
     }
 }
@@ -274,8 +278,18 @@ impl<B: Backend> ShardRunner for Shard<B> {
                 set,
                 rope,
             };
-            for (layer, kv) in w.layers.iter().zip(self.kv.layers.iter_mut()) {
+            for (li, (layer, kv)) in w.layers.iter().zip(self.kv.layers.iter_mut()).enumerate() {
                 layer.forward(b, cfg, &step, s, kv);
+                if self.check_finite {
+                    let mut x = vec![0f32; n * d];
+                    b.download(&s.x, 0, &mut x);
+                    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                        return Err(EngineError::NonFinite {
+                            layer: w.spec.layers.start + li,
+                            what: format!("hidden state row {} value {}", r0 + i / d, x[i]),
+                        });
+                    }
+                }
             }
             self.kv.set_len(pos0 + r0 + n);
             match (&w.output_norm, &w.output) {
@@ -331,5 +345,9 @@ impl<B: Backend> ShardRunner for Shard<B> {
 
     fn reset_op_counts(&self) {
         self.backend.reset_op_counts()
+    }
+
+    fn set_check_finite(&mut self, on: bool) {
+        self.check_finite = on;
     }
 }

@@ -27,7 +27,7 @@ const OPS: [&str; 11] = [
 
 pub struct CpuBackend {
     path: ComputePath,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     counts: [AtomicU64; OPS.len()],
 }
 
@@ -48,9 +48,19 @@ impl CpuBackend {
             .map_err(|e| EngineError::Backend(format!("cannot start CPU threads: {e}")))?;
         Ok(CpuBackend {
             path,
-            pool,
+            pool: std::sync::Arc::new(pool),
             counts: Default::default(),
         })
+    }
+
+    /// A backend on the same threads with its own op counters (one per shard, so residency
+    /// is reported per shard).
+    pub fn sibling(&self) -> CpuBackend {
+        CpuBackend {
+            path: self.path,
+            pool: self.pool.clone(),
+            counts: Default::default(),
+        }
     }
 
     pub fn threads(&self) -> usize {
