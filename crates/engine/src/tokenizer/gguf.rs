@@ -114,3 +114,63 @@ impl Tokenizer {
         Tokenizer::from_spec(TokenizerSpec::from_gguf(f)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TokenizerSpec {
+        TokenizerSpec {
+            model: "gpt2".into(),
+            pre: "smollm".into(),
+            tokens: ["a", "b", "ab", "<|end|>"].map(String::from).to_vec(),
+            token_types: vec![1, 1, 1, 3],
+            merges: vec!["a b".into()],
+            bos: None,
+            eos: Some(3),
+            eot: None,
+            add_bos: Some(false),
+            add_eos: None,
+            chat_template: Some("{{ messages }}".into()),
+            name: None,
+        }
+    }
+
+    fn round_trip(w: &GgufWriter) -> Result<TokenizerSpec, TokenizerError> {
+        let f = GgufFile::from_bytes(w.header_bytes()).map_err(TokenizerError::from)?;
+        TokenizerSpec::from_gguf(&f)
+    }
+
+    #[test]
+    fn write_then_read_gives_the_spec_back() {
+        let mut w = GgufWriter::new();
+        spec().write_gguf(&mut w);
+        assert_eq!(round_trip(&w).unwrap(), spec());
+        let mut f_spec = spec();
+        f_spec.name = Some("Phi3 test".into());
+        w.set_kv(KEY_NAME, Value::String("Phi3 test".into()));
+        assert_eq!(round_trip(&w).unwrap(), f_spec);
+    }
+
+    #[test]
+    fn missing_or_mistyped_keys_are_named() {
+        let mut w = GgufWriter::new();
+        spec().write_gguf(&mut w);
+        w.set_kv(KEY_BOS, Value::String("one".into()));
+        let e = round_trip(&w).unwrap_err().to_string();
+        assert!(e.contains(KEY_BOS), "{e}");
+
+        let mut w = GgufWriter::new();
+        let mut s = spec();
+        s.merges.clear();
+        s.write_gguf(&mut w);
+        let mut bare = GgufWriter::new();
+        for (k, v) in w.metadata() {
+            if k != KEY_MERGES {
+                bare.set_kv(k.clone(), v.clone());
+            }
+        }
+        let e = round_trip(&bare).unwrap_err().to_string();
+        assert!(e.contains(KEY_MERGES), "{e}");
+    }
+}

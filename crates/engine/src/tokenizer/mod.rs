@@ -186,6 +186,12 @@ impl fmt::Display for TokenizerError {
 
 impl std::error::Error for TokenizerError {}
 
+impl From<TokenizerError> for crate::EngineError {
+    fn from(e: TokenizerError) -> Self {
+        crate::EngineError::Tokenizer(e.to_string())
+    }
+}
+
 /// Token texts that llama.cpp takes as end-of-turn when `eot_token_id` is absent.
 const EOT_TEXTS: &[&str] = &[
     "<|eot_id|>",
