@@ -57,9 +57,12 @@ pub struct ModelArgs {
     /// GGUF model file (default: $VERISPEC_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf).
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
+    /// Sharded model manifest (see docs/MANIFEST.md); replaces --model.
+    #[arg(long, conflicts_with = "model")]
+    pub manifest: Option<PathBuf>,
     /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long)]
+    pub device: Option<String>,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -74,21 +77,32 @@ impl ModelArgs {
         resolve_model(self.model.as_ref())
     }
 
+    pub fn threads(&self) -> CliResult<usize> {
+        match self.threads {
+            Some(0) => Err(CliError::usage("--threads must be at least 1")),
+            Some(t) => Ok(t),
+            None => Ok(default_threads()),
+        }
+    }
+
     pub fn load(&self, path: ComputePath) -> CliResult<Engine> {
-        check_device(&self.device)?;
-        let model = self.model_path()?;
-        let threads = match self.threads {
-            Some(0) => return Err(CliError::usage("--threads must be at least 1")),
-            Some(t) => t,
-            None => default_threads(),
-        };
         let opts = LoadOptions {
             path,
-            threads,
+            threads: self.threads()?,
             n_ctx: self.ctx,
         };
+        if let Some(m) = &self.manifest {
+            if let Some(d) = &self.device {
+                verispec::shard::manifest::parse_device(d).map_err(CliError::usage)?;
+            }
+            return Engine::load_manifest(m, opts, self.device.as_deref())
+                .map_err(|e| fail(format!("{}: {e}", m.display())));
+        }
+        check_device(self.device.as_deref().unwrap_or("cpu"))?;
+        let model = self.model_path()?;
         Engine::load(&model, opts).map_err(|e| fail(format!("{}: {e}", model.display())))
     }
+
 }
 
 pub fn resolve_model(explicit: Option<&PathBuf>) -> CliResult<PathBuf> {

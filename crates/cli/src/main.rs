@@ -24,6 +24,12 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// One forward pass over given token ids; writes logits as .npy.
     Forward(commands::forward::Args),
+    /// Tokenize text exactly as `run` tokenizes a prompt.
+    Tokenize(commands::tokenize::Args),
+    /// Generate text from a prompt (greedy, optionally speculative: identical output).
+    Run(commands::run::Args),
+    /// Interactive chat that keeps the KV cache between turns.
+    Chat(commands::chat::Args),
 }
 
 fn main() {
@@ -31,6 +37,9 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Forward(a) => commands::forward::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Chat(a) => commands::chat::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -18,6 +18,7 @@ use crate::model::{
     Activations, LogitRows, Shard, ShardOutput, ShardRunner, ShardSpec, ShardWeights,
 };
 use crate::shard::manifest::{parse_device, Device, Manifest};
+use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
 /// Runtime parameters (not model hyperparameters).
@@ -80,6 +81,7 @@ impl<B: Backend> ShardFactory for Factory<B> {
 pub struct Engine {
     pub file: Arc<GgufFile>,
     pub cfg: Arc<ModelConfig>,
+    pub tokenizer: Arc<Tokenizer>,
     pub n_ctx: usize,
     pub rope: Arc<RopeTable>,
     pub shards: Vec<Arc<dyn ShardFactory>>,
@@ -130,7 +132,10 @@ impl Engine {
         let weights = Arc::new(ShardWeights::load(&*backend, &src, &cfg, spec)?);
         let rope = Arc::new(RopeTable::new(&cfg.rope, n_ctx));
         let weight_bytes = decode_weight_bytes(std::slice::from_ref(&file), cfg.tied_embeddings);
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
+        check_vocab(&tokenizer, &cfg)?;
         Ok(Engine {
+            tokenizer,
             weight_bytes,
             file,
             cfg: cfg.clone(),
@@ -213,7 +218,10 @@ impl Engine {
                 weights: Arc::new(weights),
             }));
         }
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&files[0])?);
+        check_vocab(&tokenizer, &cfg)?;
         Ok(Engine {
+            tokenizer,
             weight_bytes: decode_weight_bytes(&files, cfg.tied_embeddings),
             file: files[0].clone(),
             rope: Arc::new(RopeTable::new(&cfg.rope, n_ctx)),
@@ -266,6 +274,17 @@ impl Engine {
             n_ctx: self.n_ctx,
         }
     }
+}
+
+fn check_vocab(tok: &Tokenizer, cfg: &ModelConfig) -> Result<(), EngineError> {
+    if tok.n_vocab() > cfg.n_vocab {
+        return Err(EngineError::Model(format!(
+            "the tokenizer has {} tokens but the model's vocabulary is {}",
+            tok.n_vocab(),
+            cfg.n_vocab
+        )));
+    }
+    Ok(())
 }
 
 fn resolve_ctx(cfg: &ModelConfig, requested: Option<usize>) -> Result<usize, EngineError> {

@@ -22,6 +22,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod npy;
 pub mod quant;
+pub mod synth;
 pub mod shard;
 pub mod tokenizer;
 pub mod validate;

@@ -4,6 +4,7 @@
 //! on (end-of-generation and stop strings are the caller's policy, see `StopPolicy`).
 
 pub mod ngram;
+pub mod request;
 pub mod speculative;
 pub mod stop;
 

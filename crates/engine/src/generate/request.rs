@@ -1,0 +1,129 @@
+//! One generation request end to end: greedy or speculative, EOG and stop strings, streamed
+//! text. The CLI (`run`, `chat`, `bench --suite`) and the server drive generation through this.
+
+use super::ngram::NgramDrafter;
+use super::speculative::{speculative, SpecOptions, SpecStats};
+use super::stop::TextStream;
+use super::{greedy, GenStats};
+use crate::engine::{Engine, Session};
+use crate::EngineError;
+
+#[derive(Debug, Clone)]
+pub struct Speculation {
+    pub verify_width: usize,
+    pub ngram_min: usize,
+    pub ngram_max: usize,
+    pub adaptive: bool,
+    /// Recompute every accepted token on a shadow session and abort on any difference.
+    pub exactness_guard: bool,
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Speculation {
+            verify_width: 4,
+            ngram_min: 1,
+            ngram_max: 8,
+            adaptive: true,
+            exactness_guard: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenRequest {
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub stop: Vec<String>,
+    pub speculative: Option<Speculation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOutput {
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub stats: GenStats,
+    pub spec: Option<SpecStats>,
+    /// Why generation ended: "eos", "stop", "length" or "context".
+    pub finish_reason: &'static str,
+}
+
+pub fn generate(
+    engine: &Engine,
+    session: &mut Session,
+    prompt: &[u32],
+    req: &GenRequest,
+    mut on_text: impl FnMut(&str),
+) -> Result<GenOutput, EngineError> {
+    let tok = &engine.tokenizer;
+    let mut stream = TextStream::new(
+        tok.eog_ids().iter().copied().collect(),
+        req.ignore_eos,
+        req.stop.clone(),
+    );
+    let mut ids = Vec::new();
+    let mut hit_eos = false;
+    let mut on_token = |id: u32| {
+        ids.push(id);
+        if tok.is_eog(id) && !req.ignore_eos {
+            hit_eos = true;
+        }
+        let (text, flow) = stream.push(id, tok.piece(id, false));
+        if !text.is_empty() {
+            on_text(&text);
+        }
+        flow
+    };
+    let (stats, spec) = match &req.speculative {
+        None => (greedy(session, prompt, req.max_tokens, &mut on_token)?, None),
+        Some(sp) => {
+            let mut drafter =
+                NgramDrafter::new(sp.ngram_min, sp.ngram_max).map_err(EngineError::BadInput)?;
+            let opts = SpecOptions {
+                verify_width: sp.verify_width,
+                adaptive: sp.adaptive,
+            };
+            let mut shadow = if sp.exactness_guard {
+                let mut s = engine.new_session();
+                // The shadow must start from the same cached tokens.
+                if !session.tokens().is_empty() {
+                    s.forward(session.tokens(), crate::model::LogitRows::None)?;
+                }
+                Some(s)
+            } else {
+                None
+            };
+            let (g, s) = speculative(
+                session,
+                &mut drafter,
+                prompt,
+                req.max_tokens,
+                &opts,
+                shadow.as_mut(),
+                &mut on_token,
+            )?;
+            (g, Some(s))
+        }
+    };
+    let stopped_by_string = stream.stopped() && !hit_eos;
+    let rest = stream.finish();
+    if !rest.is_empty() {
+        on_text(&rest);
+    }
+    let finish_reason = if hit_eos {
+        "eos"
+    } else if stopped_by_string {
+        "stop"
+    } else if ids.len() >= req.max_tokens {
+        "length"
+    } else {
+        "context"
+    };
+    Ok(GenOutput {
+        generated_ids: ids,
+        text: stream.text().to_string(),
+        stats,
+        spec,
+        finish_reason,
+    })
+}
