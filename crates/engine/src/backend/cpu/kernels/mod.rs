@@ -65,6 +65,19 @@ pub const QK: usize = 32;
 pub const GROUP: usize = 16;
 /// Activation rows handled per pass over a weight row; more rows re-read the weight row from L1.
 pub const TILE: usize = 4;
+/// Default software-prefetch distance of the x86 kernels, in bytes of weights.
+pub const DEFAULT_PREFETCH: usize = 2048;
+
+/// Sets the software-prefetch distance of the x86 kernels (bytes ahead of the weights being
+/// multiplied; 0 disables). A tuning knob for benchmarks; results do not depend on it.
+pub fn set_prefetch_distance(bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    x86::PREFETCH_AHEAD.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    let _ = bytes;
+}
+
+/// Output rows per kernel call (amortizes the call; their weights stay in L1 across tiles).
+pub const ROW_BLOCK: usize = 8;
 
 /// Byte offset, inside a row of interleaved activation (or 8-bit weight) quants, of element
 /// `k` (0..32) of block `b`, for a row of `nb` blocks.
@@ -84,8 +97,9 @@ pub(crate) fn interleaved_offset(nb: usize, b: usize, k: usize) -> usize {
 pub struct QuantizedActs {
     n_rows: usize,
     n_in: usize,
-    /// [n_rows][n_in], group-interleaved.
-    q: Vec<i8>,
+    /// [n_rows][q_stride], group-interleaved; 64-byte aligned rows.
+    q: AlignedI8,
+    q_stride: usize,
     /// [n_rows][nb] block scales.
     d: Vec<f32>,
     /// [n_rows][nb] sum of the 32 quants of each block.
@@ -115,8 +129,8 @@ impl QuantizedActs {
         let nb = n_in / QK;
         self.n_rows = n_rows;
         self.n_in = n_in;
-        self.q.clear();
-        self.q.resize(n_rows * n_in, 0);
+        self.q_stride = n_in.next_multiple_of(64);
+        self.q.resize(n_rows * self.q_stride);
         self.d.clear();
         self.d.resize(n_rows * nb, 0.0);
         for v in [&mut self.sum, &mut self.sum_lo, &mut self.sum_hi] {
@@ -125,7 +139,8 @@ impl QuantizedActs {
         }
         for t in 0..n_rows {
             let xr = &x[t * n_in..(t + 1) * n_in];
-            let qr = &mut self.q[t * n_in..(t + 1) * n_in];
+            let qs = self.q_stride;
+            let qr = &mut self.q.as_mut_slice()[t * qs..t * qs + n_in];
             for b in 0..nb {
                 let xb = &xr[b * QK..(b + 1) * QK];
                 let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -167,7 +182,8 @@ impl QuantizedActs {
             let d = self.d[t * nb + b];
             for k in 0..QK {
                 out[b * QK + k] =
-                    f32::from(self.q[t * self.n_in + interleaved_offset(nb, b, k)]) * d;
+                    f32::from(self.q.as_slice()[t * self.q_stride + interleaved_offset(nb, b, k)])
+                        * d;
             }
         }
     }
@@ -177,12 +193,40 @@ impl QuantizedActs {
     fn row(&self, t: usize) -> ActRow<'_> {
         let nb = self.n_in / QK;
         ActRow {
-            q: &self.q[t * self.n_in..(t + 1) * self.n_in],
+            q: &self.q.as_slice()[t * self.q_stride..t * self.q_stride + self.n_in],
             d: &self.d[t * nb..(t + 1) * nb],
             sum: &self.sum[t * nb..(t + 1) * nb],
             sum_lo: &self.sum_lo[t * nb..(t + 1) * nb],
             sum_hi: &self.sum_hi[t * nb..(t + 1) * nb],
         }
+    }
+}
+
+/// Zeroed i8 storage whose start is 64-byte aligned (full-line SIMD loads).
+#[derive(Default, Clone)]
+struct AlignedI8 {
+    buf: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
+impl AlignedI8 {
+    /// Sets the length to `n`, all zeros.
+    fn resize(&mut self, n: usize) {
+        self.buf.clear();
+        self.buf.resize(n.div_ceil(64), Line([0; 64]));
+        self.len = n;
+    }
+    fn as_slice(&self) -> &[i8] {
+        // SAFETY: `buf` holds at least `len` initialized bytes.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const i8, self.len) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [i8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut i8, self.len) }
     }
 }
 
@@ -316,32 +360,50 @@ unsafe fn run_rows(
     out: OutPtr,
 ) {
     let n_out = w.n_out();
-    // One output row at a time, every activation tile against it: the weight row is read from
-    // memory once and from L1 for the following tiles.
-    for o in rows {
-        let wrow = w.row(o);
+    // Blocks of ROW_BLOCK output rows, every activation tile against each block: the block's
+    // weights are read from memory once and from L1 for the following tiles.
+    let mut o0 = rows.start;
+    while o0 < rows.end {
+        let nr = (rows.end - o0).min(ROW_BLOCK);
         let mut t0 = 0;
         while t0 < n_rows {
             let nt = (n_rows - t0).min(TILE);
-            let mut res = [0f32; TILE];
+            #[cfg(target_arch = "x86_64")]
+            let o = x86::Out {
+                ptr: out.0.add(t0 * n_out + o0),
+                stride: n_out,
+                rows: nr,
+                row_bytes: w.row_bytes(),
+            };
             match path {
                 #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx2 => x86::row_avx2(w.format(), wrow, w.n_in(), x, t0, nt, &mut res),
+                KernelPath::Avx2 => {
+                    x86::rows_avx2(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
+                }
                 #[cfg(target_arch = "x86_64")]
                 KernelPath::Avx512Vnni => {
-                    x86::row_avx512(w.format(), wrow, w.n_in(), x, t0, nt, &mut res)
+                    x86::rows_avx512(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
                 }
-                #[cfg(target_arch = "aarch64")]
-                KernelPath::NeonDot => {
-                    neon::row_neon(w.format(), wrow, w.n_in(), x, t0, nt, &mut res)
+                _ => {
+                    for r in o0..o0 + nr {
+                        let mut res = [0f32; TILE];
+                        #[cfg(target_arch = "aarch64")]
+                        if path == KernelPath::NeonDot {
+                            neon::row_neon(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        } else {
+                            scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        }
+                        #[cfg(not(target_arch = "aarch64"))]
+                        scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        for (i, &v) in res[..nt].iter().enumerate() {
+                            *out.0.add((t0 + i) * n_out + r) = v;
+                        }
+                    }
                 }
-                _ => scalar::row(w.format(), wrow, w.n_in(), x, t0, nt, &mut res),
-            }
-            for (i, &r) in res[..nt].iter().enumerate() {
-                *out.0.add((t0 + i) * n_out + o) = r;
             }
             t0 += nt;
         }
+        o0 += nr;
     }
 }
 

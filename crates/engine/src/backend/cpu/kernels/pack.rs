@@ -229,6 +229,11 @@ impl PackedMatrix {
     }
 
     #[inline(always)]
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    #[inline(always)]
     pub(crate) fn row(&self, o: usize) -> &[u8] {
         &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]
     }
