@@ -261,12 +261,11 @@ fn main() {
         o.reps,
         o.rot_bytes >> 20
     );
-    let bw1 = bandwidth_probe(1);
-    let bw2 = bandwidth_probe(2);
-    println!("memory probe (1 GiB, 256-bit loads, best of 5): 1 thread {bw1:.2} GB/s, 2 threads {bw2:.2} GB/s");
+    println!("memory probe: 1 GiB over disjoint per-thread buffers, 256-bit loads, best of 5,");
+    println!("re-measured before every format x shape (the machine is shared: it drifts).");
     println!();
-    println!("| format | shape | path | thr | T=1 µs | T=1 GB/s | % of probe | T=4 µs | T=4 GB/s | T4/T1 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| format | shape | path | thr | probe GB/s | T=1 µs | T=1 GB/s | % of probe | T=4 µs | T=4 GB/s | T4/T1 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let pools: Vec<rayon::ThreadPool> = [1, 2]
         .iter()
         .map(|&n| {
@@ -292,6 +291,8 @@ fn main() {
                 .collect();
             let x = QuantizedActs::quantize(&xs, 4, n_in);
             let mut out = vec![0f32; 4 * n_out];
+            let bw1 = bandwidth_probe(1);
+            let bw2 = bandwidth_probe(2);
             for &path in &o.paths {
                 for (pi, pool) in pools.iter().enumerate() {
                     for &pf in &o.prefetch {
@@ -307,7 +308,7 @@ fn main() {
                         let t4 = time_matmul(median, path, pool, &mats, &x, 4, &mut out, o.reps);
                         let gb = |t: f64| w.bytes() as f64 / t / 1e9;
                         println!(
-                        "| {ty} | {name} | {pname} | {thr} | {:.1} | {:.2} | {:.0}% | {:.1} | {:.2} | {:.2} |",
+                        "| {ty} | {name} | {pname} | {thr} | {bw:.2} | {:.1} | {:.2} | {:.0}% | {:.1} | {:.2} | {:.2} |",
                         t1 * 1e6,
                         gb(t1),
                         100.0 * gb(t1) / bw,
@@ -321,7 +322,7 @@ fn main() {
                             let h1 = time_matmul(min, path, pool, hot, &x, 1, &mut out, reps);
                             let h4 = time_matmul(min, path, pool, hot, &x, 4, &mut out, reps);
                             println!(
-                            "| {ty} | {name} (hot) | {pname} | {thr} | {:.1} | {:.2} | - | {:.1} | {:.2} | {:.2} |",
+                            "| {ty} | {name} (hot) | {pname} | {thr} | - | {:.1} | {:.2} | - | {:.1} | {:.2} | {:.2} |",
                             h1 * 1e6,
                             gb(h1),
                             h4 * 1e6,
