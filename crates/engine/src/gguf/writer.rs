@@ -102,7 +102,7 @@ impl GgufWriter {
             .ok_or_else(|| GgufError::ShapeOverflow {
                 tensor: name.clone(),
             })?;
-        if shape[0] % ggml_type.block_size() as u64 != 0 {
+        if !shape[0].is_multiple_of(ggml_type.block_size() as u64) {
             return Err(werr(format!(
                 "tensor {name:?}: row length {} is not a multiple of the {ggml_type} block size",
                 shape[0]
