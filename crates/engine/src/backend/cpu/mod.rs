@@ -1,6 +1,8 @@
 //! CPU backend. Threads split output rows (or attention heads) only, never a reduction, so
 //! results are identical for any thread count and any number of token rows.
 
+pub mod kernels;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;

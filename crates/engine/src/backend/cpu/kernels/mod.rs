@@ -1,0 +1,501 @@
+//! Batch-invariant integer matmul kernels for the CPU fast path.
+//!
+//! `out[t][o] = dot(W[o], x[t])` with `W` a [`PackedMatrix`] (`[n_out, n_in]`, Q8_0 or a native
+//! 4/6-bit format) and `x` a [`QuantizedActs`] (`[T, n_in]` activations quantized to int8 per
+//! 32-element block).
+//!
+//! # The canonical order (what makes T-token verification exact)
+//!
+//! Every kernel path (scalar, AVX2, AVX-512 VNNI, NEON) computes each output element `(t, o)`
+//! with exactly this sequence of f32 operations, so results are bit-identical across paths,
+//! across the number of token rows `T` in a call, across which rows share a pass, and across
+//! thread counts (threads split output rows `o` only):
+//!
+//! 1. For each 32-element block `b` of the row, an **exact** integer dot `isum_b` of the weight
+//!    quants and the activation quants (plus, per format, the exact activation block sums
+//!    `xsum_b`). Integer arithmetic is associative, so how a path computes it does not matter.
+//! 2. 16 f32 accumulators `acc[0..16]`, all `+0.0`. Block `b` updates lane `b % 16` only:
+//!    `acc[b % 16] = acc[b % 16] + v_b`, blocks in increasing order, with `v_b` (no FMA):
+//!    - Q8_0, Q4_0: `v = (dw * dx) * isum`
+//!    - Q4_1:       `v = ((dw * dx) * isum) + ((mw * dx) * xsum)`
+//!    - Q4_K:       `v = ((a * dx) * isum) - ((bm * dx) * xsum)`, `a = d * sc_j`, `bm = dmin * m_j`
+//!    - Q6_K:       `v = (d * dx) * isum`, `isum = sc_lo * isum_lo + sc_hi * isum_hi` (16-element halves)
+//!
+//!    `dw`, `mw`, `d`, `dmin` are the f16 weight scales widened to f32 (exact), `dx` the f32
+//!    activation scale, and `isum`/`xsum` are converted with `as f32` (round to nearest even,
+//!    exact here since |isum| < 2^24).
+//! 3. A fixed tree: `h8[i] = acc[i] + acc[i+8]`, `h4[i] = h8[i] + h8[i+4]`,
+//!    `h2[i] = h4[i] + h4[i+2]`, `out = h2[0] + h2[1]`.
+//!
+//! A lane that a short tail group does not cover is never updated; a SIMD path adds `±0.0` to
+//! it instead, which is the same thing because an accumulator that starts at `+0.0` can never
+//! become `-0.0`.
+//!
+//! # Layouts
+//!
+//! Blocks are processed in groups of [`GROUP`] = 16 consecutive blocks of one row (the last
+//! group of a row may be shorter). Inside a group, weight quants and activation quants are
+//! stored **interleaved by 4-byte granules**: granule `k` holds 4 consecutive bytes of each of
+//! the group's blocks, one after the other, so one 512-bit `vpdpbusd` multiplies 4 elements of
+//! 16 different blocks and accumulates 16 per-block sums in its 16 lanes: no horizontal
+//! reductions at all. See [`PackedMatrix`] for the byte layout of each format; the packed
+//! matrix has exactly the size of the GGUF tensor (it is a permutation of its bytes, plus the
+//! Q4_K/Q6_K nibble re-ordering).
+
+mod pack;
+mod scalar;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+pub use pack::{PackedMatrix, WeightFormat};
+
+/// Elements per activation block (and per Q8_0/Q4_0/Q4_1 weight block, per K-quant sub-block).
+pub const QK: usize = 32;
+/// Blocks per interleave group (one 512-bit register of 16 x 4 bytes per granule).
+pub const GROUP: usize = 16;
+/// Activation rows handled per pass over a weight row; more rows re-read the weight row from L1.
+pub const TILE: usize = 4;
+/// Default software-prefetch distance of the x86 kernels, in bytes of weights.
+pub const DEFAULT_PREFETCH: usize = 2048;
+
+/// Sets the software-prefetch distance of the x86 kernels (bytes ahead of the weights being
+/// multiplied; 0 disables). A tuning knob for benchmarks; results do not depend on it.
+pub fn set_prefetch_distance(bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    x86::PREFETCH_AHEAD.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    let _ = bytes;
+}
+
+/// Output rows per kernel call (amortizes the call; their weights stay in L1 across tiles).
+pub const ROW_BLOCK: usize = 8;
+
+/// Byte offset, inside a row of interleaved activation (or 8-bit weight) quants, of element
+/// `k` (0..32) of block `b`, for a row of `nb` blocks.
+#[inline(always)]
+pub(crate) fn interleaved_offset(nb: usize, b: usize, k: usize) -> usize {
+    let g0 = b / GROUP * GROUP;
+    let g = (nb - g0).min(GROUP);
+    g0 * QK + (k / 4) * 4 * g + 4 * (b - g0) + k % 4
+}
+
+/// Activations `[n_rows, n_in]` quantized per row to int8 blocks of 32 with one f32 scale per
+/// block: `d = amax / 127`, `q = round(x / d)` (half away from zero); an all-zero block has
+/// `d = 0`. Each row depends only on its own values. Quants are stored group-interleaved
+/// (see the module docs); the exact block sums are kept for the formats with an offset or
+/// a min term.
+#[derive(Default, Clone)]
+pub struct QuantizedActs {
+    n_rows: usize,
+    n_in: usize,
+    /// [n_rows][q_stride], group-interleaved; 64-byte aligned rows.
+    q: AlignedI8,
+    q_stride: usize,
+    /// [n_rows][nb] block scales.
+    d: Vec<f32>,
+    /// [n_rows][nb] sum of the 32 quants of each block.
+    sum: Vec<i32>,
+    /// [n_rows][nb] sum of the first 16 quants of each block (Q6_K's 16-element scales).
+    sum_lo: Vec<i32>,
+    /// [n_rows][nb] sum of the last 16 quants of each block.
+    sum_hi: Vec<i32>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `x` (`[n_rows, n_in]`, row-major). `n_in` must be a multiple of 32
+    /// (of 256 to be used with Q4_K / Q6_K weights).
+    pub fn quantize(x: &[f32], n_rows: usize, n_in: usize) -> QuantizedActs {
+        let mut a = QuantizedActs::default();
+        a.quantize_into(x, n_rows, n_in);
+        a
+    }
+
+    /// Like [`QuantizedActs::quantize`], reusing this value's buffers.
+    pub fn quantize_into(&mut self, x: &[f32], n_rows: usize, n_in: usize) {
+        assert!(
+            n_in.is_multiple_of(QK) && n_in > 0,
+            "n_in {n_in} is not a multiple of {QK}"
+        );
+        assert!(x.len() >= n_rows * n_in, "x is shorter than n_rows * n_in");
+        let nb = n_in / QK;
+        self.n_rows = n_rows;
+        self.n_in = n_in;
+        self.q_stride = n_in.next_multiple_of(64);
+        self.q.resize(n_rows * self.q_stride);
+        self.d.clear();
+        self.d.resize(n_rows * nb, 0.0);
+        for v in [&mut self.sum, &mut self.sum_lo, &mut self.sum_hi] {
+            v.clear();
+            v.resize(n_rows * nb, 0);
+        }
+        for t in 0..n_rows {
+            let xr = &x[t * n_in..(t + 1) * n_in];
+            let qs = self.q_stride;
+            let qr = &mut self.q.as_mut_slice()[t * qs..t * qs + n_in];
+            for b in 0..nb {
+                let xb = &xr[b * QK..(b + 1) * QK];
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let mut q = [0i8; QK];
+                if d != 0.0 {
+                    for (qk, &v) in q.iter_mut().zip(xb) {
+                        let r = (v / d).round();
+                        // |r| <= 127 for finite input; non-finite input gives 0 (never UB).
+                        *qk = if r.is_finite() { r as i8 } else { 0 };
+                    }
+                }
+                for (k, &qk) in q.iter().enumerate() {
+                    qr[interleaved_offset(nb, b, k)] = qk;
+                }
+                let lo: i32 = q[..16].iter().map(|&v| v as i32).sum();
+                let hi: i32 = q[16..].iter().map(|&v| v as i32).sum();
+                let i = t * nb + b;
+                self.d[i] = d;
+                self.sum[i] = lo + hi;
+                self.sum_lo[i] = lo;
+                self.sum_hi[i] = hi;
+            }
+        }
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    pub fn n_in(&self) -> usize {
+        self.n_in
+    }
+
+    /// The dequantized row `t` (`q * d`), for tests and diagnostics.
+    pub fn dequantize_row(&self, t: usize, out: &mut [f32]) {
+        let nb = self.n_in / QK;
+        for b in 0..nb {
+            let d = self.d[t * nb + b];
+            for k in 0..QK {
+                out[b * QK + k] =
+                    f32::from(self.q.as_slice()[t * self.q_stride + interleaved_offset(nb, b, k)])
+                        * d;
+            }
+        }
+    }
+
+    /// Row views for the kernels.
+    #[inline(always)]
+    fn row(&self, t: usize) -> ActRow<'_> {
+        let nb = self.n_in / QK;
+        ActRow {
+            q: &self.q.as_slice()[t * self.q_stride..t * self.q_stride + self.n_in],
+            d: &self.d[t * nb..(t + 1) * nb],
+            sum: &self.sum[t * nb..(t + 1) * nb],
+            sum_lo: &self.sum_lo[t * nb..(t + 1) * nb],
+            sum_hi: &self.sum_hi[t * nb..(t + 1) * nb],
+        }
+    }
+}
+
+/// Zeroed i8 storage whose start is 64-byte aligned (full-line SIMD loads).
+#[derive(Default, Clone)]
+struct AlignedI8 {
+    buf: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
+impl AlignedI8 {
+    /// Sets the length to `n`, all zeros.
+    fn resize(&mut self, n: usize) {
+        self.buf.clear();
+        self.buf.resize(n.div_ceil(64), Line([0; 64]));
+        self.len = n;
+    }
+    fn as_slice(&self) -> &[i8] {
+        // SAFETY: `buf` holds at least `len` initialized bytes.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const i8, self.len) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [i8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut i8, self.len) }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub sum: &'a [i32],
+    pub sum_lo: &'a [i32],
+    pub sum_hi: &'a [i32],
+}
+
+/// An implementation of the kernels. All give bit-identical results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPath {
+    /// Portable Rust; the definition the others are tested against.
+    Scalar,
+    /// x86-64 AVX2 + F16C (`vpmaddubsw` / `vpmaddwd`), 256-bit.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (`vpdpbusd`), 512-bit.
+    Avx512Vnni,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDot,
+}
+
+impl KernelPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Scalar => "scalar",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Avx512Vnni => "avx512vnni",
+            KernelPath::NeonDot => "neon-dot",
+        }
+    }
+
+    /// Whether this machine can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every path this machine can run, slowest first.
+    pub fn available() -> Vec<KernelPath> {
+        [
+            KernelPath::Scalar,
+            KernelPath::NeonDot,
+            KernelPath::Avx2,
+            KernelPath::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect()
+    }
+
+    /// The fastest available path (detected once). `VERISPEC_KERNEL=scalar|avx2|avx512vnni|
+    /// neon-dot` forces one (if available), for debugging and benchmarks.
+    pub fn detect() -> KernelPath {
+        static BEST: OnceLock<KernelPath> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let avail = KernelPath::available();
+            if let Ok(want) = std::env::var("VERISPEC_KERNEL") {
+                if let Some(p) = avail.iter().find(|p| p.name() == want) {
+                    return *p;
+                }
+            }
+            *avail.last().unwrap_or(&KernelPath::Scalar)
+        })
+    }
+}
+
+/// Raw output pointer shared by threads that write disjoint columns of `out`.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its own output rows `o`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+fn check_shapes(w: &PackedMatrix, x: &QuantizedActs, n_rows: usize, out: &[f32]) {
+    assert_eq!(
+        w.n_in(),
+        x.n_in(),
+        "matrix has {} columns, activations {}",
+        w.n_in(),
+        x.n_in()
+    );
+    assert!(
+        n_rows <= x.n_rows(),
+        "n_rows {n_rows} > quantized rows {}",
+        x.n_rows()
+    );
+    assert!(
+        out.len() >= n_rows * w.n_out(),
+        "out holds {} values, needs {}",
+        out.len(),
+        n_rows * w.n_out()
+    );
+}
+
+/// Computes output rows `rows` of `out` (`[n_rows, n_out]`) with `path`.
+///
+/// # Safety
+/// `path` must be available; `out` must point to `n_rows * n_out` writable floats, and no
+/// other thread may write the columns in `rows` concurrently.
+unsafe fn run_rows(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    let n_out = w.n_out();
+    // Blocks of ROW_BLOCK output rows, every activation tile against each block: the block's
+    // weights are read from memory once and from L1 for the following tiles.
+    let mut o0 = rows.start;
+    while o0 < rows.end {
+        let nr = (rows.end - o0).min(ROW_BLOCK);
+        let mut t0 = 0;
+        while t0 < n_rows {
+            let nt = (n_rows - t0).min(TILE);
+            #[cfg(target_arch = "x86_64")]
+            let o = x86::Out {
+                ptr: out.0.add(t0 * n_out + o0),
+                stride: n_out,
+                rows: nr,
+                row_bytes: w.row_bytes(),
+            };
+            match path {
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx2 => {
+                    x86::rows_avx2(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
+                }
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx512Vnni => {
+                    x86::rows_avx512(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
+                }
+                _ => {
+                    for r in o0..o0 + nr {
+                        let mut res = [0f32; TILE];
+                        #[cfg(target_arch = "aarch64")]
+                        if path == KernelPath::NeonDot {
+                            neon::row_neon(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        } else {
+                            scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        }
+                        #[cfg(not(target_arch = "aarch64"))]
+                        scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                        for (i, &v) in res[..nt].iter().enumerate() {
+                            *out.0.add((t0 + i) * n_out + r) = v;
+                        }
+                    }
+                }
+            }
+            t0 += nt;
+        }
+        o0 += nr;
+    }
+}
+
+/// `out[t][o] = dot(w[o], x[t])` for `t < n_rows`, on this thread, with the detected path.
+/// `out` is `[n_rows, n_out]` row-major.
+pub fn matmul(w: &PackedMatrix, x: &QuantizedActs, n_rows: usize, out: &mut [f32]) {
+    matmul_with(KernelPath::detect(), w, x, n_rows, out)
+}
+
+/// [`matmul`] with an explicit path (panics if this machine cannot run it).
+pub fn matmul_with(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    out: &mut [f32],
+) {
+    check_shapes(w, x, n_rows, out);
+    assert!(
+        path.is_available(),
+        "kernel path {} is not available",
+        path.name()
+    );
+    // SAFETY: shapes checked, path available, `out` exclusively borrowed.
+    unsafe { run_rows(path, w, x, n_rows, 0..w.n_out(), OutPtr(out.as_mut_ptr())) }
+}
+
+/// Output rows per parallel task for `threads` workers: several tasks per thread so a busy
+/// core does not hold the others back, a multiple of 16 rows.
+pub fn rows_per_task(n_out: usize, threads: usize) -> usize {
+    let tasks = threads.max(1) * 4;
+    n_out.div_ceil(tasks).next_multiple_of(16).max(16)
+}
+
+/// [`matmul`] with output rows split across the threads of `pool`. Bit-identical to
+/// [`matmul`] for any number of threads (only output rows are split).
+pub fn matmul_pool(
+    pool: &rayon::ThreadPool,
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    out: &mut [f32],
+) {
+    let chunk = rows_per_task(w.n_out(), pool.current_num_threads());
+    matmul_par(KernelPath::detect(), w, x, n_rows, out, chunk, |n, f| {
+        use rayon::prelude::*;
+        pool.install(|| (0..n).into_par_iter().for_each(f))
+    })
+}
+
+/// The generic threaded entry point: output rows are cut into chunks of `rows_per_chunk`,
+/// and `par(n_chunks, f)` must call `f(i)` exactly once for every `i < n_chunks`, on any
+/// threads, in any order, returning when all calls have returned.
+pub fn matmul_par<P>(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    out: &mut [f32],
+    rows_per_chunk: usize,
+    par: P,
+) where
+    P: FnOnce(usize, &(dyn Fn(usize) + Sync)),
+{
+    check_shapes(w, x, n_rows, out);
+    assert!(
+        path.is_available(),
+        "kernel path {} is not available",
+        path.name()
+    );
+    let n_out = w.n_out();
+    let chunk = rows_per_chunk.max(1);
+    let n_chunks = n_out.div_ceil(chunk);
+    let ptr = OutPtr(out.as_mut_ptr());
+    // Each chunk is claimed once, so a `par` that repeats an index cannot race on `out`.
+    let claimed: Vec<AtomicBool> = (0..n_chunks).map(|_| AtomicBool::new(false)).collect();
+    let task = |i: usize| {
+        assert!(
+            i < n_chunks,
+            "chunk index {i} out of range ({n_chunks} chunks)"
+        );
+        if claimed[i].swap(true, Ordering::AcqRel) {
+            panic!("matmul_par: chunk {i} was run twice");
+        }
+        let rows = i * chunk..((i + 1) * chunk).min(n_out);
+        // SAFETY: chunks are disjoint row ranges claimed once; `out` is borrowed mutably for
+        // the whole call and `par` returns only when every task is done.
+        unsafe { run_rows(path, w, x, n_rows, rows, ptr) }
+    };
+    par(n_chunks, &task);
+    assert!(
+        claimed.iter().all(|c| c.load(Ordering::Acquire)),
+        "matmul_par: some chunks were not run"
+    );
+}

@@ -1,0 +1,507 @@
+//! Packed weight layouts, built once at load time from GGUF bytes.
+//!
+//! Every format is stored row by row (`row_bytes` apart, rows independent). A row is a
+//! sequence of groups of `g` = 16 blocks of 32 elements (the last group of a row may be
+//! shorter: `nb % 16` blocks, a multiple of 8 for the K-quants). Within a group, lane `i` is
+//! block `b0 + i`, and a "granule" section of `4g` bytes holds 4 bytes of each lane in lane
+//! order (`granule[4i .. 4i+4]` belongs to lane `i`). The sections of a group, in order:
+//!
+//! | format | sections (S = g / 8 super-blocks) | bytes |
+//! |--------|-----------------------------------|-------|
+//! | Q8_0 | `d: [f16; g]`, then 8 granules: granule `k` = elements `4k..4k+4` (i8) | 34 g |
+//! | Q4_0 | `d: [f16; g]`, then 4 nibble granules | 18 g |
+//! | Q4_1 | `d: [f16; g]`, `m: [f16; g]`, then 4 nibble granules | 20 g |
+//! | Q4_K | `d: [f16; S]`, `dmin: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 4 nibble granules | 144 S |
+//! | Q6_K | `d: [f16; S]`, `sc_lo: [i8; g]`, `sc_hi: [i8; g]`, 4 nibble granules (low 4 bits), 2 high-bit granules | 210 S |
+//!
+//! Nibble granule `p` (0..4): byte `e` of lane `i` holds element `4p + e` of the block in its
+//! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
+//! Q6_K sub-blocks are re-nibbled into it). Q6_K high-bit granule `r` (0..2): byte `e` of lane
+//! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
+//! the scales of elements 0..16 / 16..32 of block `i`.
+//!
+//! The packed matrix is exactly as large as the GGUF tensor (for the native formats; a
+//! converted F32/F16/BF16/... tensor becomes Q8_0 at 34 bytes per 32 values): the
+//! memory cost of the repack is one copy of the tensor, and the mmap'd original is then
+//! only page cache that the kernel may drop.
+
+#![allow(clippy::needless_range_loop)] // element, byte and lane indices are used together
+
+use crate::gguf::GgmlType;
+use crate::EngineError;
+
+use super::{GROUP, QK};
+
+/// Formats the kernels multiply natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q4K,
+    Q6K,
+}
+
+impl WeightFormat {
+    pub const ALL: [WeightFormat; 5] = [
+        WeightFormat::Q8_0,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q4K,
+        WeightFormat::Q6K,
+    ];
+
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+            WeightFormat::Q4_0 => GgmlType::Q4_0,
+            WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q4K => GgmlType::Q4K,
+            WeightFormat::Q6K => GgmlType::Q6K,
+        }
+    }
+
+    /// The native format of a GGUF type, if it has one (others are converted to Q8_0).
+    pub fn native(t: GgmlType) -> Option<WeightFormat> {
+        WeightFormat::ALL.into_iter().find(|f| f.ggml_type() == t)
+    }
+
+    /// `n_in` must be a multiple of this.
+    pub fn row_multiple(self) -> usize {
+        self.ggml_type().block_size()
+    }
+
+    /// Bytes of a group of `g` blocks of 32.
+    #[inline(always)]
+    pub(crate) fn group_bytes(self, g: usize) -> usize {
+        match self {
+            WeightFormat::Q8_0 => 34 * g,
+            WeightFormat::Q4_0 => 18 * g,
+            WeightFormat::Q4_1 => 20 * g,
+            WeightFormat::Q4K => 144 * (g / 8),
+            WeightFormat::Q6K => 210 * (g / 8),
+        }
+    }
+
+    /// Bytes of a packed row of `n_in` elements (the same as the GGUF row).
+    pub fn row_bytes(self, n_in: usize) -> usize {
+        self.ggml_type().type_size() * n_in / self.row_multiple()
+    }
+}
+
+/// A weight matrix `[n_out, n_in]` in the kernels' layout (see the module docs).
+#[derive(Clone)]
+pub struct PackedMatrix {
+    format: WeightFormat,
+    source: GgmlType,
+    n_out: usize,
+    n_in: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedMatrix {:?} [{}, {}] from {}",
+            self.format, self.n_out, self.n_in, self.source
+        )
+    }
+}
+
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[off], b[off + 1]])).to_f32()
+}
+
+/// ggml's `get_scale_min_k4` for all 8 sub-blocks at once: (scales, mins), 6 bits each.
+#[inline(always)]
+pub(crate) fn k4_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let u0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let u1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let u2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let sc_lo = u0 & 0x3f3f_3f3f;
+    let m_lo = u1 & 0x3f3f_3f3f;
+    let sc_hi = (u2 & 0x0f0f_0f0f) | ((u0 >> 2) & 0x3030_3030);
+    let m_hi = ((u2 >> 4) & 0x0f0f_0f0f) | ((u1 >> 2) & 0x3030_3030);
+    let sc = ((sc_hi as u64) << 32 | sc_lo as u64).to_le_bytes();
+    let m = ((m_hi as u64) << 32 | m_lo as u64).to_le_bytes();
+    (sc, m)
+}
+
+impl PackedMatrix {
+    /// Packs a GGUF tensor `[n_out, n_in]` (`n_in` = ne[0], contiguous) of type `ty`. Q8_0,
+    /// Q4_0, Q4_1, Q4_K and Q6_K are kept in their own format; every other type is
+    /// dequantized and re-quantized to Q8_0 (ggml's reference Q8_0 quantizer).
+    pub fn from_ggml(
+        ty: GgmlType,
+        data: &[u8],
+        n_out: usize,
+        n_in: usize,
+    ) -> Result<PackedMatrix, EngineError> {
+        let src_row = ty.row_bytes(n_in as u64).ok_or_else(|| {
+            EngineError::Model(format!(
+                "row length {n_in} is not a multiple of the {ty} block size"
+            ))
+        })? as usize;
+        if data.len() < src_row * n_out {
+            return Err(EngineError::Model(format!(
+                "{ty} tensor [{n_out}, {n_in}] needs {} bytes, has {}",
+                src_row * n_out,
+                data.len()
+            )));
+        }
+        let Some(format) = WeightFormat::native(ty) else {
+            if !n_in.is_multiple_of(QK) {
+                return Err(EngineError::Model(format!(
+                    "row length {n_in} is not a multiple of {QK}: cannot convert {ty} to q8_0"
+                )));
+            }
+            let mut row = vec![0f32; n_in];
+            let mut q8 = vec![0u8; WeightFormat::Q8_0.row_bytes(n_in)];
+            let mut m = PackedMatrix::empty(WeightFormat::Q8_0, ty, n_out, n_in);
+            for o in 0..n_out {
+                decode_row_f32(ty, &data[o * src_row..(o + 1) * src_row], &mut row)?;
+                quantize_row_q8_0(&row, &mut q8).map_err(|i| {
+                    EngineError::Model(format!(
+                        "{ty} tensor has a non-finite value at row {o}, column {i}"
+                    ))
+                })?;
+                let rb = m.row_bytes;
+                pack_row(WeightFormat::Q8_0, &q8, &mut m.data[o * rb..(o + 1) * rb]);
+            }
+            return Ok(m);
+        };
+        let mut m = PackedMatrix::empty(format, ty, n_out, n_in);
+        let rb = m.row_bytes;
+        for o in 0..n_out {
+            pack_row(
+                format,
+                &data[o * src_row..(o + 1) * src_row],
+                &mut m.data[o * rb..(o + 1) * rb],
+            );
+        }
+        Ok(m)
+    }
+
+    /// Quantizes f32 weights `[n_out, n_in]` to Q8_0.
+    pub fn from_f32(w: &[f32], n_out: usize, n_in: usize) -> Result<PackedMatrix, EngineError> {
+        let bytes: &[u8] = &w[..n_out * n_in]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>();
+        PackedMatrix::from_ggml(GgmlType::F32, bytes, n_out, n_in)
+    }
+
+    fn empty(format: WeightFormat, source: GgmlType, n_out: usize, n_in: usize) -> PackedMatrix {
+        let row_bytes = format.row_bytes(n_in);
+        PackedMatrix {
+            format,
+            source,
+            n_out,
+            n_in,
+            row_bytes,
+            data: vec![0u8; row_bytes * n_out],
+        }
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// The GGUF type the matrix was built from.
+    pub fn source_type(&self) -> GgmlType {
+        self.source
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.n_out
+    }
+
+    pub fn n_in(&self) -> usize {
+        self.n_in
+    }
+
+    /// Bytes held (the weight bytes one full matmul streams).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    #[inline(always)]
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    #[inline(always)]
+    pub(crate) fn row(&self, o: usize) -> &[u8] {
+        &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]
+    }
+
+    /// Row `o` as f32 values (the format's own dequantization; equal to ggml's).
+    pub fn dequantize_row(&self, o: usize, out: &mut [f32]) {
+        let wrow = self.row(o);
+        let nb = self.n_in / QK;
+        let (mut b0, mut off) = (0, 0);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            let wg = &wrow[off..off + self.format.group_bytes(g)];
+            for i in 0..g {
+                let y = &mut out[(b0 + i) * QK..(b0 + i + 1) * QK];
+                lane_values(self.format, wg, g, i, y);
+            }
+            b0 += g;
+            off += self.format.group_bytes(g);
+        }
+    }
+}
+
+/// Weight quants of lane `i` of a group as integers, centred where the format has an
+/// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q6_K `q - 32`.
+#[inline(always)]
+pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mut [i32; QK]) {
+    match fmt {
+        WeightFormat::Q8_0 => {
+            for (k, qk) in q.iter_mut().enumerate() {
+                *qk = i32::from(wg[2 * g + (k / 4) * 4 * g + 4 * i + k % 4] as i8);
+            }
+        }
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q4K => {
+            let base = match fmt {
+                WeightFormat::Q4_0 => 2 * g,
+                WeightFormat::Q4_1 => 4 * g,
+                _ => 16 * (g / 8),
+            };
+            let off = if fmt == WeightFormat::Q4_0 { 8 } else { 0 };
+            for j in 0..16 {
+                let byte = wg[base + (j / 4) * 4 * g + 4 * i + j % 4];
+                q[j] = i32::from(byte & 0x0f) - off;
+                q[j + 16] = i32::from(byte >> 4) - off;
+            }
+        }
+        WeightFormat::Q6K => {
+            let s = g / 8;
+            let ql = 2 * s + 2 * g;
+            let qh = ql + 16 * g;
+            for k in 0..QK {
+                let j = k % 16;
+                let nib = wg[ql + (j / 4) * 4 * g + 4 * i + j % 4];
+                let lo = if k < 16 { nib & 0x0f } else { nib >> 4 };
+                let (r, s2, e) = (k / 16, (k % 16) / 4, k % 4);
+                let hi = (wg[qh + r * 4 * g + 4 * i + e] >> (2 * s2)) & 3;
+                q[k] = i32::from(lo | (hi << 4)) - 32;
+            }
+        }
+    }
+}
+
+/// Per-lane float parameters: (scale, min-or-0) as the kernels use them. Q4_K: (`d * sc`,
+/// `dmin * m`); Q6_K: (`d`, 0) with the integer scales from [`lane_q6_scales`].
+#[inline(always)]
+pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (f32, f32) {
+    match fmt {
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => (f16_at(wg, 2 * i), 0.0),
+        WeightFormat::Q4_1 => (f16_at(wg, 2 * i), f16_at(wg, 2 * g + 2 * i)),
+        WeightFormat::Q4K => {
+            let s = g / 8;
+            let sb = i / 8;
+            let d = f16_at(wg, 2 * sb);
+            let dmin = f16_at(wg, 2 * s + 2 * sb);
+            let (sc, m) = k4_scales_mins(&wg[4 * s + 12 * sb..4 * s + 12 * sb + 12]);
+            (d * f32::from(sc[i % 8]), dmin * f32::from(m[i % 8]))
+        }
+        WeightFormat::Q6K => (f16_at(wg, 2 * (i / 8)), 0.0),
+    }
+}
+
+/// Q6_K integer scales of lane `i`: (elements 0..16, elements 16..32).
+#[inline(always)]
+pub(crate) fn lane_q6_scales(wg: &[u8], g: usize, i: usize) -> (i32, i32) {
+    let s = g / 8;
+    (
+        i32::from(wg[2 * s + i] as i8),
+        i32::from(wg[2 * s + g + i] as i8),
+    )
+}
+
+/// Dequantized values of lane `i` of a group, with ggml's formulas and operation order.
+fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) {
+    let mut q = [0i32; QK];
+    lane_ints(fmt, wg, g, i, &mut q);
+    let (a, m) = lane_params(fmt, wg, g, i);
+    for (k, (yk, &qk)) in y.iter_mut().zip(q.iter()).enumerate() {
+        let qf = qk as f32;
+        *yk = match fmt {
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 => qf * a,
+            WeightFormat::Q4_1 => qf * a + m,
+            WeightFormat::Q4K => a * qf - m,
+            WeightFormat::Q6K => {
+                let (lo, hi) = lane_q6_scales(wg, g, i);
+                let sc = if k < 16 { lo } else { hi };
+                (a * sc as f32) * qf
+            }
+        };
+    }
+}
+
+/// Unpacked K-quant super-block: 256 integer quants (Q4_K 0..16, Q6_K 0..64).
+fn unpack_q4k(b: &[u8], q: &mut [u8; 256]) {
+    let qs = &b[16..144];
+    for c in 0..4 {
+        for l in 0..32 {
+            let v = qs[32 * c + l];
+            q[64 * c + l] = v & 0x0f;
+            q[64 * c + 32 + l] = v >> 4;
+        }
+    }
+}
+
+fn unpack_q6k(b: &[u8], q: &mut [u8; 256]) {
+    let (ql, qh) = (&b[0..128], &b[128..192]);
+    for h in 0..2 {
+        for s in 0..4 {
+            for l in 0..32 {
+                let low = (ql[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 0x0f;
+                let high = (qh[32 * h + l] >> (2 * s)) & 3;
+                q[128 * h + 32 * s + l] = low | (high << 4);
+            }
+        }
+    }
+}
+
+/// Writes the 16 nibble bytes of one 32-element block (`q` = its 32 values, each < 16) into
+/// lane `i` of the nibble granules at `dst[base..]`.
+fn put_nibbles(dst: &mut [u8], base: usize, g: usize, i: usize, q: &[u8]) {
+    for j in 0..16 {
+        dst[base + (j / 4) * 4 * g + 4 * i + j % 4] = (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4);
+    }
+}
+
+/// Packs one GGUF row of `fmt` into `dst` (one packed row).
+pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
+    let ts = fmt.ggml_type().type_size();
+    let nb = match fmt {
+        WeightFormat::Q4K | WeightFormat::Q6K => src.len() / ts * 8,
+        _ => src.len() / ts,
+    };
+    let (mut b0, mut off) = (0, 0);
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        let gb = fmt.group_bytes(g);
+        let wg = &mut dst[off..off + gb];
+        match fmt {
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+                for i in 0..g {
+                    let blk = &src[(b0 + i) * ts..(b0 + i + 1) * ts];
+                    wg[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
+                    match fmt {
+                        WeightFormat::Q8_0 => {
+                            for k in 0..QK {
+                                wg[2 * g + (k / 4) * 4 * g + 4 * i + k % 4] = blk[2 + k];
+                            }
+                        }
+                        WeightFormat::Q4_0 => {
+                            for j in 0..16 {
+                                wg[2 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[2 + j];
+                            }
+                        }
+                        _ => {
+                            wg[2 * g + 2 * i..2 * g + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                            for j in 0..16 {
+                                wg[4 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[4 + j];
+                            }
+                        }
+                    }
+                }
+            }
+            WeightFormat::Q4K => {
+                let s = g / 8;
+                let mut q = [0u8; 256];
+                for sb in 0..s {
+                    let blk = &src[(b0 / 8 + sb) * ts..(b0 / 8 + sb + 1) * ts];
+                    wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[0..2]);
+                    wg[2 * s + 2 * sb..2 * s + 2 * sb + 2].copy_from_slice(&blk[2..4]);
+                    wg[4 * s + 12 * sb..4 * s + 12 * sb + 12].copy_from_slice(&blk[4..16]);
+                    unpack_q4k(blk, &mut q);
+                    for j in 0..8 {
+                        put_nibbles(wg, 16 * s, g, 8 * sb + j, &q[32 * j..32 * j + 32]);
+                    }
+                }
+            }
+            WeightFormat::Q6K => {
+                let s = g / 8;
+                let ql = 2 * s + 2 * g;
+                let qh = ql + 16 * g;
+                let mut q = [0u8; 256];
+                for sb in 0..s {
+                    let blk = &src[(b0 / 8 + sb) * ts..(b0 / 8 + sb + 1) * ts];
+                    wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[208..210]);
+                    unpack_q6k(blk, &mut q);
+                    for j in 0..8 {
+                        let i = 8 * sb + j;
+                        wg[2 * s + i] = blk[192 + 2 * j];
+                        wg[2 * s + g + i] = blk[192 + 2 * j + 1];
+                        let qb = &q[32 * j..32 * j + 32];
+                        put_nibbles(wg, ql, g, i, qb);
+                        for r in 0..2 {
+                            for e in 0..4 {
+                                let mut byte = 0u8;
+                                for s2 in 0..4 {
+                                    byte |= (qb[16 * r + 4 * s2 + e] >> 4) << (2 * s2);
+                                }
+                                wg[qh + r * 4 * g + 4 * i + e] = byte;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        b0 += g;
+        off += gb;
+    }
+}
+
+/// Decodes a GGUF row of a non-native type to f32.
+fn decode_row_f32(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), EngineError> {
+    match ty {
+        GgmlType::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        _ => crate::quant::dequantize_row(ty, src, dst)
+            .map_err(|e| EngineError::Model(format!("cannot convert {ty} weights to q8_0: {e}")))?,
+    }
+    Ok(())
+}
+
+/// ggml's reference Q8_0 quantizer (`quantize_row_q8_0_ref`): `d = amax / 127` stored as
+/// f16, `q = round(x * (1 / d))`. Returns the index of the first non-finite value on error.
+pub(crate) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) -> Result<(), usize> {
+    if let Some(i) = src.iter().position(|v| !v.is_finite()) {
+        return Err(i);
+    }
+    for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
+        let amax = x
+            .iter()
+            .fold(0.0f32, |m, v| if m > v.abs() { m } else { v.abs() });
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y[0..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+        for (o, &v) in y[2..].iter_mut().zip(x) {
+            let q = (v * id).round();
+            *o = if q.is_finite() { q as i8 as u8 } else { 0 };
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! Bit-exactness, batch-invariance, thread-invariance and accuracy tests of the kernels.
+//! Every comparison of two kernel results is on `f32::to_bits()`.
+
+use super::pack::quantize_row_q8_0;
+use super::*;
+use crate::gguf::GgmlType;
+
+/// Accuracy bound (see `accuracy_*`): the activation rounding error of element `e` in block
+/// `b` is at most `d_b / 2`; this factor covers the f32 rounding of `x / d` on top.
+const ACT_ROUNDING_SLACK: f64 = 1.001;
+/// Relative f32 error allowed on top, as a fraction of `sum |w_e| |x_e|`: each block value
+/// rounds 3 times (~2e-7) and a lane accumulates at most n_in / 512 + 4 additions.
+const F32_REL_SLACK: f64 = 1e-5;
+/// Root-mean-square relative error of a whole output vector against the f32 reference for
+/// uniform random activations (int8 activations give about 0.4%).
+const RMS_REL_TOL: f64 = 0.01;
+/// The same for weights converted from f32 to Q8_0 (weight + activation rounding).
+const RMS_REL_TOL_CONVERTED: f64 = 0.015;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 32) as u8
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn f16b(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_bits().to_le_bytes()
+}
+
+/// A random GGUF tensor of `ty` (`[n_out, n_in]`) with sane scales.
+fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    let nblk = n_out * n_in / ty.block_size();
+    let mut out = Vec::with_capacity(nblk * ty.type_size());
+    for _ in 0..nblk {
+        let mut b: Vec<u8> = (0..ty.type_size()).map(|_| r.byte()).collect();
+        let scale = 0.002 + 0.01 * r.f().abs();
+        match ty {
+            GgmlType::Q8_0 => {
+                b[0..2].copy_from_slice(&f16b(scale));
+                for q in &mut b[2..] {
+                    if *q == 0x80 {
+                        *q = 0x81; // ggml never writes -128
+                    }
+                }
+            }
+            GgmlType::Q4_0 => b[0..2].copy_from_slice(&f16b(scale)),
+            GgmlType::Q4_1 => {
+                b[0..2].copy_from_slice(&f16b(scale));
+                b[2..4].copy_from_slice(&f16b(-8.0 * scale * (1.0 + 0.2 * r.f())));
+            }
+            GgmlType::Q4K => {
+                b[0..2].copy_from_slice(&f16b(scale / 16.0));
+                b[2..4].copy_from_slice(&f16b(scale / 8.0));
+            }
+            GgmlType::Q6K => b[208..210].copy_from_slice(&f16b(scale / 64.0)),
+            _ => unreachable!(),
+        }
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// Independent GGUF decoders (from the block descriptions, not from `pack.rs`).
+fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    let f16 = |b: &[u8], o: usize| half::f16::from_le_bytes([b[o], b[o + 1]]).to_f32();
+    let ts = ty.type_size();
+    for (bi, b) in src.chunks_exact(ts).enumerate() {
+        match ty {
+            GgmlType::Q8_0 => {
+                let d = f16(b, 0);
+                for k in 0..32 {
+                    out[bi * 32 + k] = f32::from(b[2 + k] as i8) * d;
+                }
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let d = f16(b, 0);
+                let (m, qs) = if ty == GgmlType::Q4_1 {
+                    (f16(b, 2), &b[4..20])
+                } else {
+                    (0.0, &b[2..18])
+                };
+                for j in 0..16 {
+                    let (lo, hi) = (i32::from(qs[j] & 15), i32::from(qs[j] >> 4));
+                    if ty == GgmlType::Q4_0 {
+                        out[bi * 32 + j] = (lo - 8) as f32 * d;
+                        out[bi * 32 + j + 16] = (hi - 8) as f32 * d;
+                    } else {
+                        out[bi * 32 + j] = lo as f32 * d + m;
+                        out[bi * 32 + j + 16] = hi as f32 * d + m;
+                    }
+                }
+            }
+            GgmlType::Q4K => {
+                let (d, dmin) = (f16(b, 0), f16(b, 2));
+                let sc = &b[4..16];
+                let get = |j: usize| -> (u8, u8) {
+                    if j < 4 {
+                        (sc[j] & 63, sc[j + 4] & 63)
+                    } else {
+                        (
+                            (sc[j + 4] & 0xf) | ((sc[j - 4] >> 6) << 4),
+                            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
+                        )
+                    }
+                };
+                for c in 0..4 {
+                    for half in 0..2 {
+                        let (s, m) = get(2 * c + half);
+                        let (d1, m1) = (d * f32::from(s), dmin * f32::from(m));
+                        for l in 0..32 {
+                            let q = (b[16 + 32 * c + l] >> (4 * half)) & 15;
+                            out[bi * 256 + 64 * c + 32 * half + l] = d1 * f32::from(q) - m1;
+                        }
+                    }
+                }
+            }
+            GgmlType::Q6K => {
+                let d = f16(b, 208);
+                for e in 0..256 {
+                    let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                    let low = (b[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 15;
+                    let high = (b[128 + 32 * h + l] >> (2 * s)) & 3;
+                    let q = i32::from(low | (high << 4)) - 32;
+                    let scale = f32::from(b[192 + e / 16] as i8);
+                    out[bi * 256 + e] = (d * scale) * q as f32;
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn gen_acts(n_rows: usize, n_in: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed | 1);
+    let mut x: Vec<f32> = (0..n_rows * n_in).map(|_| r.f()).collect();
+    // Some blocks with other magnitudes, and one all-zero block per row.
+    for t in 0..n_rows {
+        let row = &mut x[t * n_in..(t + 1) * n_in];
+        for (b, blk) in row.chunks_exact_mut(32).enumerate() {
+            match b % 7 {
+                3 => blk.iter_mut().for_each(|v| *v *= 40.0),
+                5 => blk.iter_mut().for_each(|v| *v *= 0.01),
+                _ => {}
+            }
+        }
+        if n_in >= 64 {
+            row[32..64].fill(0.0);
+        }
+    }
+    x
+}
+
+fn native_types() -> [GgmlType; 5] {
+    [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ]
+}
+
+/// Row lengths that exercise full groups, short tails, and tails over 8 blocks.
+fn widths(ty: GgmlType) -> Vec<usize> {
+    if ty.block_size() == 256 {
+        vec![256, 768, 2048]
+    } else {
+        vec![32, 576, 800, 3072]
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn run(path: KernelPath, w: &PackedMatrix, x: &QuantizedActs, n_rows: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n_rows * w.n_out()];
+    matmul_with(path, w, x, n_rows, &mut out);
+    out
+}
+
+#[test]
+fn packed_rows_dequantize_like_gguf() {
+    for ty in native_types() {
+        for n_in in widths(ty) {
+            let n_out = 5;
+            let data = gen_tensor(ty, n_out, n_in, 7 + n_in as u64);
+            let w = PackedMatrix::from_ggml(ty, &data, n_out, n_in).unwrap();
+            assert_eq!(
+                w.bytes(),
+                data.len(),
+                "{ty}: packed size differs from GGUF size"
+            );
+            let rb = data.len() / n_out;
+            for o in 0..n_out {
+                let mut a = vec![0f32; n_in];
+                let mut b = vec![0f32; n_in];
+                decode_gguf(ty, &data[o * rb..(o + 1) * rb], &mut a);
+                w.dequantize_row(o, &mut b);
+                assert_eq!(bits(&a), bits(&b), "{ty} n_in {n_in} row {o}");
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization() {
+    let n_in = 96;
+    let mut x = gen_acts(2, n_in, 3);
+    x[5] = 127.0 * 0.5 + 0.25; // a large value so the block has a round scale
+    let a = QuantizedActs::quantize(&x, 2, n_in);
+    let mut deq = vec![0f32; n_in];
+    for t in 0..2 {
+        a.dequantize_row(t, &mut deq);
+        for b in 0..n_in / 32 {
+            let xb = &x[t * n_in + b * 32..t * n_in + b * 32 + 32];
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            for k in 0..32 {
+                let q = if d == 0.0 {
+                    0.0
+                } else {
+                    (xb[k] / d).round() as i8 as f32
+                };
+                assert_eq!(deq[b * 32 + k].to_bits(), (q * d).to_bits());
+            }
+        }
+        // The all-zero block.
+        assert!(deq[32..64].iter().all(|v| v.to_bits() == 0));
+    }
+    // Rows are independent of each other.
+    let one = QuantizedActs::quantize(&x[n_in..], 1, n_in);
+    let mut d1 = vec![0f32; n_in];
+    one.dequantize_row(0, &mut d1);
+    a.dequantize_row(1, &mut deq);
+    assert_eq!(bits(&d1), bits(&deq));
+}
+
+#[test]
+fn every_path_matches_scalar_bitwise() {
+    let paths = KernelPath::available();
+    eprintln!("kernel paths available: {paths:?}");
+    for ty in native_types() {
+        for n_in in widths(ty) {
+            let n_out = 21;
+            let w =
+                PackedMatrix::from_ggml(ty, &gen_tensor(ty, n_out, n_in, 11), n_out, n_in).unwrap();
+            for n_rows in [1, 2, 3, 4, 5, 8] {
+                let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 5), n_rows, n_in);
+                let want = bits(&run(KernelPath::Scalar, &w, &x, n_rows));
+                for &p in &paths {
+                    let got = bits(&run(p, &w, &x, n_rows));
+                    assert_eq!(
+                        got,
+                        want,
+                        "{ty} n_in {n_in} T {n_rows}: {} vs scalar",
+                        p.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_invariance_t1_to_8() {
+    for &p in &KernelPath::available() {
+        for ty in native_types() {
+            let n_in = if ty.block_size() == 256 { 768 } else { 576 };
+            let n_out = 19;
+            let w =
+                PackedMatrix::from_ggml(ty, &gen_tensor(ty, n_out, n_in, 13), n_out, n_in).unwrap();
+            let xs = gen_acts(8, n_in, 17);
+            // Every row alone (T = 1, quantized alone).
+            let singles: Vec<Vec<u32>> = (0..8)
+                .map(|t| {
+                    let x1 = QuantizedActs::quantize(&xs[t * n_in..(t + 1) * n_in], 1, n_in);
+                    bits(&run(p, &w, &x1, 1))
+                })
+                .collect();
+            for n_rows in 1..=8 {
+                let x = QuantizedActs::quantize(&xs, n_rows, n_in);
+                let out = bits(&run(p, &w, &x, n_rows));
+                for (t, single) in singles.iter().enumerate().take(n_rows) {
+                    assert_eq!(
+                        &out[t * n_out..(t + 1) * n_out],
+                        &single[..],
+                        "{} {ty}: row {t} of a T={n_rows} pass differs from T=1",
+                        p.name()
+                    );
+                }
+            }
+            // A T=4 pass equals four T=1 passes over the same quantized rows.
+            let x4 = QuantizedActs::quantize(&xs, 4, n_in);
+            let four = bits(&run(p, &w, &x4, 4));
+            let ones: Vec<u32> = singles[..4].concat();
+            assert_eq!(four, ones, "{} {ty}: T=4 vs 4 x T=1", p.name());
+        }
+    }
+}
+
+#[test]
+fn threads_do_not_change_bits() {
+    let pool1 = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let pool2 = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for ty in native_types() {
+        let n_in = if ty.block_size() == 256 { 512 } else { 576 };
+        let n_out = 77;
+        let w = PackedMatrix::from_ggml(ty, &gen_tensor(ty, n_out, n_in, 19), n_out, n_in).unwrap();
+        for n_rows in [1, 4, 6] {
+            let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 23), n_rows, n_in);
+            let mut a = vec![0f32; n_rows * n_out];
+            let mut b = vec![0f32; n_rows * n_out];
+            let mut c = vec![0f32; n_rows * n_out];
+            matmul_pool(&pool1, &w, &x, n_rows, &mut a);
+            matmul_pool(&pool2, &w, &x, n_rows, &mut b);
+            // Odd chunk sizes through the generic entry point, run in reverse order.
+            matmul_par(KernelPath::detect(), &w, &x, n_rows, &mut c, 5, |n, f| {
+                (0..n).rev().for_each(f)
+            });
+            let single = run(KernelPath::detect(), &w, &x, n_rows);
+            assert_eq!(bits(&a), bits(&single), "{ty}: 1 thread vs plain");
+            assert_eq!(bits(&b), bits(&single), "{ty}: 2 threads vs plain");
+            assert_eq!(bits(&c), bits(&single), "{ty}: chunked vs plain");
+        }
+    }
+}
+
+/// Checks every output of `w` (GGUF `data` of `ty`) against the f64 dot of the GGUF-decoded
+/// weights and the unquantized activations.
+fn check_accuracy(
+    ty: GgmlType,
+    data: &[u8],
+    wf: &[f32],
+    (n_out, n_in): (usize, usize),
+    tol: f64,
+    hard_bound: bool,
+) {
+    let w = PackedMatrix::from_ggml(ty, data, n_out, n_in).unwrap();
+    let n_rows = 3;
+    let xs = gen_acts(n_rows, n_in, 29);
+    let x = QuantizedActs::quantize(&xs, n_rows, n_in);
+    let out = run(KernelPath::detect(), &w, &x, n_rows);
+    let mut wq = vec![0f32; n_in];
+    let (mut err2, mut ref2) = (0f64, 0f64);
+    for o in 0..n_out {
+        w.dequantize_row(o, &mut wq);
+        for t in 0..n_rows {
+            let xr = &xs[t * n_in..(t + 1) * n_in];
+            let mut y = 0f64;
+            let mut bound = 0f64;
+            let mut mag = 0f64;
+            for b in 0..n_in / 32 {
+                let xb = &xr[b * 32..b * 32 + 32];
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let half_step = amax / 127.0 / 2.0;
+                for k in 0..32 {
+                    let e = b * 32 + k;
+                    y += wf[o * n_in + e] as f64 * xr[e] as f64;
+                    bound += half_step * (wq[e] as f64).abs();
+                    mag += (wf[o * n_in + e] as f64 * xr[e] as f64).abs();
+                }
+            }
+            let got = out[t * n_out + o] as f64;
+            if hard_bound {
+                // The kernel's weights are `wf` exactly: a hard bound per output.
+                let limit = ACT_ROUNDING_SLACK * bound + F32_REL_SLACK * mag;
+                assert!(
+                    (got - y).abs() <= limit,
+                    "{ty} o {o} t {t}: got {got}, reference {y}, limit {limit}"
+                );
+            }
+            err2 += (got - y) * (got - y);
+            ref2 += y * y;
+        }
+    }
+    let rel = (err2 / ref2).sqrt();
+    eprintln!("{ty} [{n_out}, {n_in}]: rms relative error {rel:.2e}");
+    assert!(rel <= tol, "{ty}: rms relative error {rel} > {tol}");
+}
+
+#[test]
+fn accuracy_native_formats() {
+    for ty in native_types() {
+        let (n_out, n_in) = (24, 1536);
+        let data = gen_tensor(ty, n_out, n_in, 31);
+        let mut wf = vec![0f32; n_out * n_in];
+        decode_gguf(ty, &data, &mut wf);
+        check_accuracy(ty, &data, &wf, (n_out, n_in), RMS_REL_TOL, true);
+    }
+}
+
+#[test]
+fn converted_formats_become_q8_0() {
+    let (n_out, n_in) = (16, 640);
+    let mut r = Rng(37);
+    let wf: Vec<f32> = (0..n_out * n_in).map(|_| r.f() * 0.05).collect();
+    let as_f16: Vec<f32> = wf
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    let as_bf16: Vec<f32> = wf
+        .iter()
+        .map(|&v| f32::from_bits(v.to_bits() & 0xffff_0000))
+        .collect();
+    let f32_bytes: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f16_bytes: Vec<u8> = wf
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    let bf16_bytes: Vec<u8> = wf
+        .iter()
+        .flat_map(|&v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    for (ty, bytes, vals) in [
+        (GgmlType::F32, &f32_bytes, &wf),
+        (GgmlType::F16, &f16_bytes, &as_f16),
+        (GgmlType::BF16, &bf16_bytes, &as_bf16),
+    ] {
+        let w = PackedMatrix::from_ggml(ty, bytes, n_out, n_in).unwrap();
+        assert_eq!(w.format(), WeightFormat::Q8_0);
+        assert_eq!(w.source_type(), ty);
+        // Exactly ggml's Q8_0 of the decoded values.
+        let mut q8 = vec![0u8; WeightFormat::Q8_0.row_bytes(n_in)];
+        let (mut a, mut b) = (vec![0f32; n_in], vec![0f32; n_in]);
+        for o in 0..n_out {
+            quantize_row_q8_0(&vals[o * n_in..(o + 1) * n_in], &mut q8).unwrap();
+            decode_gguf(GgmlType::Q8_0, &q8, &mut a);
+            w.dequantize_row(o, &mut b);
+            assert_eq!(bits(&a), bits(&b), "{ty} row {o}");
+        }
+        check_accuracy(ty, bytes, vals, (n_out, n_in), RMS_REL_TOL_CONVERTED, false);
+    }
+    // from_f32 is the F32 conversion.
+    let a = PackedMatrix::from_f32(&wf, n_out, n_in).unwrap();
+    let b = PackedMatrix::from_ggml(GgmlType::F32, &f32_bytes, n_out, n_in).unwrap();
+    let x = QuantizedActs::quantize(&gen_acts(2, n_in, 3), 2, n_in);
+    assert_eq!(
+        bits(&run(KernelPath::Scalar, &a, &x, 2)),
+        bits(&run(KernelPath::Scalar, &b, &x, 2))
+    );
+    // Non-finite weights are refused.
+    let mut bad = f32_bytes.clone();
+    bad[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert!(PackedMatrix::from_ggml(GgmlType::F32, &bad, n_out, n_in).is_err());
+}
+
+#[test]
+fn zero_activations_give_zero() {
+    for ty in native_types() {
+        let n_in = 512;
+        let w = PackedMatrix::from_ggml(ty, &gen_tensor(ty, 4, n_in, 41), 4, n_in).unwrap();
+        let x = QuantizedActs::quantize(&vec![0f32; 2 * n_in], 2, n_in);
+        for p in KernelPath::available() {
+            let out = run(p, &w, &x, 2);
+            assert!(out.iter().all(|v| v.to_bits() == 0), "{ty} {}", p.name());
+        }
+    }
+}

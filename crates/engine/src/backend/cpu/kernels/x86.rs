@@ -1,0 +1,773 @@
+//! x86-64 kernels: AVX-512 VNNI (16 blocks per 512-bit register, `vpdpbusd`) and AVX2
+//! (two 256-bit halves of 8 blocks, `vpmaddubsw` + `vpmaddwd`). Both reproduce the canonical
+//! order of `scalar.rs` exactly: the integer parts are exact, and the f32 operations are the
+//! same multiplies and adds on the same lanes (no FMA anywhere).
+//!
+//! `vpdpbusd` and `vpmaddubsw` multiply unsigned by signed bytes, so each format feeds them an
+//! unsigned weight operand and corrects with the exact activation block sums:
+//! - Q8_0 (VNNI): `w ^ 0x80 = w + 128` (u8), `isum = dp - 128 * xsum`;
+//!   (AVX2): `|w|` times `sign(x, w)` (the `vpmaddubsw` pair sum of `w + 128` could saturate);
+//! - Q4_0: `q` in 0..16, `isum = dp - 8 * xsum`;
+//! - Q4_1, Q4_K: `q` in 0..16, `isum = dp` (the min term uses `xsum` in f32);
+//! - Q6_K: `q` in 0..64, per 16-element half `dp - 32 * xsum_half`, then the i8 scales.
+
+#![allow(clippy::needless_range_loop)] // lanes and rows index several arrays at once
+
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::pack::{f16_at, k4_scales_mins};
+use super::{QuantizedActs, WeightFormat, GROUP, QK};
+
+/// Pointers to the rows `t0..t0+NT` of the activations.
+struct Xp<const NT: usize> {
+    q: [*const i8; NT],
+    d: [*const f32; NT],
+    s: [*const i32; NT],
+    lo: [*const i32; NT],
+    hi: [*const i32; NT],
+}
+
+#[inline(always)]
+fn xp<const NT: usize>(x: &QuantizedActs, t0: usize) -> Xp<NT> {
+    let r = |t: usize| x.row(t0 + t);
+    Xp {
+        q: std::array::from_fn(|t| r(t).q.as_ptr()),
+        d: std::array::from_fn(|t| r(t).d.as_ptr()),
+        s: std::array::from_fn(|t| r(t).sum.as_ptr()),
+        lo: std::array::from_fn(|t| r(t).sum_lo.as_ptr()),
+        hi: std::array::from_fn(|t| r(t).sum_hi.as_ptr()),
+    }
+}
+
+macro_rules! dispatch_nt {
+    ($f:ident, $w:expr, $nb:expr, $x:expr, $t0:expr, $nt:expr, $o:expr) => {
+        match $nt {
+            1 => $f::<1>($w, $nb, &xp::<1>($x, $t0), $o),
+            2 => $f::<2>($w, $nb, &xp::<2>($x, $t0), $o),
+            3 => $f::<3>($w, $nb, &xp::<3>($x, $t0), $o),
+            _ => $f::<4>($w, $nb, &xp::<4>($x, $t0), $o),
+        }
+    };
+}
+
+/// Where a kernel writes: `*ptr.add(t * stride + r)` for row `r < rows` of the block and
+/// activation row `t` of the tile; weight row `r` starts `r * row_bytes` after the first.
+pub(super) struct Out {
+    pub ptr: *mut f32,
+    pub stride: usize,
+    pub rows: usize,
+    pub row_bytes: usize,
+}
+
+/// AVX-512 VNNI: output rows `o.rows` (weights from `w`) for activation rows `t0..t0+nt`.
+///
+/// # Safety
+/// The `Avx512Vnni` path must be available; `w` points to `o.rows` packed rows of `fmt` of
+/// `n_in` elements, `x` has at least `t0 + nt` rows of `n_in`, `o.ptr` is valid for the writes.
+pub(super) unsafe fn rows_avx512(
+    fmt: WeightFormat,
+    w: *const u8,
+    n_in: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    nt: usize,
+    o: &Out,
+) {
+    let nb = n_in / QK;
+    match fmt {
+        WeightFormat::Q8_0 => dispatch_nt!(q8_0_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_0 => dispatch_nt!(q4_0_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_1 => dispatch_nt!(q4_1_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q4K => dispatch_nt!(q4k_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q6K => dispatch_nt!(q6k_512, w, nb, x, t0, nt, o),
+    }
+}
+
+/// AVX2: as [`rows_avx512`].
+///
+/// # Safety
+/// As [`rows_avx512`], for the `Avx2` path.
+pub(super) unsafe fn rows_avx2(
+    fmt: WeightFormat,
+    w: *const u8,
+    n_in: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    nt: usize,
+    o: &Out,
+) {
+    let nb = n_in / QK;
+    match fmt {
+        WeightFormat::Q8_0 => dispatch_nt!(q8_0_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_0 => dispatch_nt!(q4_0_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_1 => dispatch_nt!(q4_1_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q4K => dispatch_nt!(q4k_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q6K => dispatch_nt!(q6k_256, w, nb, x, t0, nt, o),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512
+// ---------------------------------------------------------------------------------------------
+
+/// The canonical reduction tree on `h8 = acc[0..8] + acc[8..16]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tree8(h8: __m256) -> f32 {
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps::<1>(h8));
+    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps::<1>(h2, h2)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn tree16(acc: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(acc);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+    tree8(_mm256_add_ps(lo, hi))
+}
+
+/// How far ahead of the group being multiplied the weights are prefetched (bytes; 0 = off).
+/// The hardware prefetcher alone leaves the loads exposed (compute and memory time add up
+/// instead of overlapping); see docs/KERNELS.md. Read once per kernel call.
+pub(super) static PREFETCH_AHEAD: AtomicUsize = AtomicUsize::new(super::DEFAULT_PREFETCH);
+
+/// Prefetches the `len` bytes `ahead` bytes after `p` (one hint per cache line).
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, ahead: usize, len: usize) {
+    if ahead == 0 {
+        return;
+    }
+    let start = p.wrapping_add(ahead);
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(off) as *const i8);
+        off += 64;
+    }
+}
+
+#[inline(always)]
+fn mask16(g: usize) -> __mmask16 {
+    ((1u32 << g) - 1) as __mmask16
+}
+
+/// The 8 activation granules of group `b0` (with `g` blocks) of row `t`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn xgran(q: *const i8, b0: usize, g: usize, k: usize, m: __mmask16) -> __m512i {
+    _mm512_maskz_loadu_epi32(m, q.add(b0 * QK + k * 4 * g) as *const i32)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn f16x16(p: *const u8, m: __mmask16) -> __m512 {
+    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16))
+}
+
+/// Per-lane scale for K-quants: `d` of super-block 0 in lanes 0..8, of super-block 1 in 8..16.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn per_superblock(d0: f32, d1: f32) -> __m512 {
+    _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0), _mm512_set1_ps(d1))
+}
+
+macro_rules! finish512 {
+    ($acc:ident, $o:ident, $r:ident, $nt:ident) => {
+        for t in 0..$nt {
+            *$o.ptr.add(t * $o.stride + $r) = tree16($acc[t]);
+        }
+    };
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q8_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let x80 = _mm512_set1_epi8(0x80u8 as i8);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 34 * g);
+            let m = mask16(g);
+            let dw = f16x16(wp, m);
+            let qp = wp.add(2 * g);
+            let mut isum = [[_mm512_setzero_si512(); NT]; 2];
+            for k in 0..8 {
+                let wq = _mm512_xor_si512(
+                    _mm512_maskz_loadu_epi32(m, qp.add(k * 4 * g) as *const i32),
+                    x80,
+                );
+                for t in 0..NT {
+                    isum[k % 2][t] =
+                        _mm512_dpbusd_epi32(isum[k % 2][t], wq, xgran(x.q[t], b0, g, k, m));
+                }
+            }
+            let isum: [__m512i; NT] =
+                std::array::from_fn(|t| _mm512_add_epi32(isum[0][t], isum[1][t]));
+            for t in 0..NT {
+                let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
+                let is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<7>(xs));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let v = _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(is));
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(34 * g);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
+/// Integer dots of 4 nibble granules at `qp` (Q4_0 order) with the activations: raw
+/// `sum(q * x)` per lane, `q` in 0..16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn nibble_dots512<const NT: usize>(
+    qp: *const u8,
+    x: &Xp<NT>,
+    b0: usize,
+    g: usize,
+    m: __mmask16,
+) -> [__m512i; NT] {
+    let m0f = _mm512_set1_epi8(0x0f);
+    // Two chains per row (low and high nibbles) halve the vpdpbusd latency chain.
+    let mut s0 = [_mm512_setzero_si512(); NT];
+    let mut s1 = [_mm512_setzero_si512(); NT];
+    for p in 0..4 {
+        let v = _mm512_maskz_loadu_epi32(m, qp.add(p * 4 * g) as *const i32);
+        let lo = _mm512_and_si512(v, m0f);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+        for t in 0..NT {
+            s0[t] = _mm512_dpbusd_epi32(s0[t], lo, xgran(x.q[t], b0, g, p, m));
+            s1[t] = _mm512_dpbusd_epi32(s1[t], hi, xgran(x.q[t], b0, g, p + 4, m));
+        }
+    }
+    for t in 0..NT {
+        s0[t] = _mm512_add_epi32(s0[t], s1[t]);
+    }
+    s0
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 18 * g);
+            let m = mask16(g);
+            let dw = f16x16(wp, m);
+            let isum = nibble_dots512(wp.add(2 * g), x, b0, g, m);
+            for t in 0..NT {
+                let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
+                let is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<3>(xs));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let v = _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(is));
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(18 * g);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 20 * g);
+            let m = mask16(g);
+            let dw = f16x16(wp, m);
+            let mw = f16x16(wp.add(2 * g), m);
+            let isum = nibble_dots512(wp.add(4 * g), x, b0, g, m);
+            for t in 0..NT {
+                let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let v = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t])),
+                    _mm512_mul_ps(_mm512_mul_ps(mw, dx), xs),
+                );
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(20 * g);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
+/// Q4_K per-lane `(d * sc, dmin * m)` for a group of `s` (1 or 2) super-blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn q4k_params512(wp: *const u8, s: usize) -> (__m512, __m512) {
+    let hdr = std::slice::from_raw_parts(wp, 16 * s);
+    let (sc0, m0) = k4_scales_mins(&hdr[4 * s..4 * s + 12]);
+    let (d0, dm0) = (f16_at(hdr, 0), f16_at(hdr, 2 * s));
+    let (sc1, m1, d1, dm1) = if s == 2 {
+        let (sc1, m1) = k4_scales_mins(&hdr[4 * s + 12..4 * s + 24]);
+        (sc1, m1, f16_at(hdr, 2), f16_at(hdr, 2 * s + 2))
+    } else {
+        ([0u8; 8], [0u8; 8], 0.0, 0.0)
+    };
+    let v = |a: [u8; 8], b: [u8; 8]| {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(
+            i64::from_le_bytes(b),
+            i64::from_le_bytes(a),
+        )))
+    };
+    (
+        _mm512_mul_ps(per_superblock(d0, d1), v(sc0, sc1)),
+        _mm512_mul_ps(per_superblock(dm0, dm1), v(m0, m1)),
+    )
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q4k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 144 * (g / 8));
+            let s = g / 8;
+            let m = mask16(g);
+            let (a, bm) = q4k_params512(wp, s);
+            let isum = nibble_dots512(wp.add(16 * s), x, b0, g, m);
+            for t in 0..NT {
+                let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let v = _mm512_sub_ps(
+                    _mm512_mul_ps(_mm512_mul_ps(a, dx), _mm512_cvtepi32_ps(isum[t])),
+                    _mm512_mul_ps(_mm512_mul_ps(bm, dx), xs),
+                );
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(144 * s);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
+/// `((h >> 2s) & 3) << 4` per byte, as `(shifted h) & 0x30`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q6_high512(h: __m512i, s: usize) -> __m512i {
+    let m30 = _mm512_set1_epi8(0x30);
+    let v = match s {
+        0 => _mm512_slli_epi16::<4>(h),
+        1 => _mm512_slli_epi16::<2>(h),
+        2 => h,
+        _ => _mm512_srli_epi16::<2>(h),
+    };
+    _mm512_and_si512(v, m30)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let m0f = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 210 * (g / 8));
+            let s = g / 8;
+            let m = mask16(g);
+            let hdr = std::slice::from_raw_parts(wp, 2 * s);
+            let dv = if s == 2 {
+                per_superblock(f16_at(hdr, 0), f16_at(hdr, 2))
+            } else {
+                per_superblock(f16_at(hdr, 0), 0.0)
+            };
+            let sc_lo = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, wp.add(2 * s) as *const i8));
+            let sc_hi =
+                _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, wp.add(2 * s + g) as *const i8));
+            let ql = wp.add(2 * s + 2 * g);
+            let qh = ql.add(16 * g);
+            let h0 = _mm512_maskz_loadu_epi32(m, qh as *const i32);
+            let h1 = _mm512_maskz_loadu_epi32(m, qh.add(4 * g) as *const i32);
+            let mut q = [_mm512_setzero_si512(); 8];
+            for p in 0..4 {
+                let n = _mm512_maskz_loadu_epi32(m, ql.add(p * 4 * g) as *const i32);
+                q[p] = _mm512_or_si512(_mm512_and_si512(n, m0f), q6_high512(h0, p));
+                q[p + 4] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f),
+                    q6_high512(h1, p),
+                );
+            }
+            for t in 0..NT {
+                let mut lo = _mm512_setzero_si512();
+                let mut hi = _mm512_setzero_si512();
+                for k in 0..4 {
+                    lo = _mm512_dpbusd_epi32(lo, q[k], xgran(x.q[t], b0, g, k, m));
+                    hi = _mm512_dpbusd_epi32(hi, q[k + 4], xgran(x.q[t], b0, g, k + 4, m));
+                }
+                let xlo = _mm512_maskz_loadu_epi32(m, x.lo[t].add(b0));
+                let xhi = _mm512_maskz_loadu_epi32(m, x.hi[t].add(b0));
+                lo = _mm512_sub_epi32(lo, _mm512_slli_epi32::<5>(xlo));
+                hi = _mm512_sub_epi32(hi, _mm512_slli_epi32::<5>(xhi));
+                let is =
+                    _mm512_add_epi32(_mm512_mullo_epi32(sc_lo, lo), _mm512_mullo_epi32(sc_hi, hi));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let v = _mm512_mul_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(is));
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(210 * s);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2: a group is two halves of 8 lanes; half `h` covers lanes 8h..8h+8 (`n` of them valid).
+// ---------------------------------------------------------------------------------------------
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn lane_mask(n: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// 8 lanes of 4 bytes (masked to the first `n`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ld8(p: *const u8, n: usize, mask: __m256i) -> __m256i {
+    if n == 8 {
+        _mm256_loadu_si256(p as *const __m256i)
+    } else {
+        _mm256_maskload_epi32(p as *const i32, mask)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ld8ps(p: *const f32, n: usize, mask: __m256i) -> __m256 {
+    if n == 8 {
+        _mm256_loadu_ps(p)
+    } else {
+        _mm256_maskload_ps(p, mask)
+    }
+}
+
+/// 8 f16 (the first `n`, zeros after) widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16x8(p: *const u8, n: usize) -> __m256 {
+    if n == 8 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    } else {
+        let mut buf = [0u8; 16];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), 2 * n);
+        _mm256_cvtph_ps(_mm_loadu_si128(buf.as_ptr() as *const __m128i))
+    }
+}
+
+/// Activation granule `k` of half `h` of the group at `b0` (with `g` blocks).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn xg8(
+    q: *const i8,
+    b0: usize,
+    g: usize,
+    k: usize,
+    h: usize,
+    n: usize,
+    mk: __m256i,
+) -> __m256i {
+    ld8(q.add(b0 * QK + k * 4 * g + 32 * h) as *const u8, n, mk)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn madd1(v: __m256i) -> __m256i {
+    _mm256_madd_epi16(v, _mm256_set1_epi16(1))
+}
+
+macro_rules! halves {
+    ($g:ident, |$h:ident, $n:ident, $mk:ident| $body:block) => {
+        for $h in 0..2 {
+            let $n = $g.saturating_sub(8 * $h).min(8);
+            if $n == 0 {
+                break;
+            }
+            let $mk = lane_mask($n);
+            $body
+        }
+    };
+}
+
+macro_rules! finish256 {
+    ($acc:ident, $o:ident, $r:ident, $nt:ident) => {
+        for t in 0..$nt {
+            *$o.ptr.add(t * $o.stride + $r) = tree8(_mm256_add_ps($acc[t][0], $acc[t][1]));
+        }
+    };
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 34 * g);
+            halves!(g, |h, n, mk| {
+                let dw = f16x8(wp.add(16 * h), n);
+                let qp = wp.add(2 * g + 32 * h);
+                let mut isum = [_mm256_setzero_si256(); NT];
+                for k in 0..8 {
+                    let wq = ld8(qp.add(k * 4 * g), n, mk);
+                    let aw = _mm256_abs_epi8(wq);
+                    for t in 0..NT {
+                        let xq = xg8(x.q[t], b0, g, k, h, n, mk);
+                        let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq, wq));
+                        isum[t] = _mm256_add_epi32(isum[t], madd1(p));
+                    }
+                }
+                for t in 0..NT {
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let v = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[t]));
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(34 * g);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
+
+/// Raw `sum(q * x)` of 4 nibble granules (half `h`) with the activations. Each
+/// `vpmaddubsw` pair is at most 2 * 15 * 127 = 3810, so 8 of them add up in i16 exactly.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibble_dots256<const NT: usize>(
+    qp: *const u8,
+    x: &Xp<NT>,
+    b0: usize,
+    g: usize,
+    h: usize,
+    n: usize,
+    mk: __m256i,
+) -> [__m256i; NT] {
+    let m0f = _mm256_set1_epi8(0x0f);
+    let mut s16 = [_mm256_setzero_si256(); NT];
+    for p in 0..4 {
+        let v = ld8(qp.add(p * 4 * g + 32 * h), n, mk);
+        let lo = _mm256_and_si256(v, m0f);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
+        for t in 0..NT {
+            let a = _mm256_maddubs_epi16(lo, xg8(x.q[t], b0, g, p, h, n, mk));
+            let b = _mm256_maddubs_epi16(hi, xg8(x.q[t], b0, g, p + 4, h, n, mk));
+            s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(a, b));
+        }
+    }
+    let mut out = [_mm256_setzero_si256(); NT];
+    for t in 0..NT {
+        out[t] = madd1(s16[t]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 18 * g);
+            halves!(g, |h, n, mk| {
+                let dw = f16x8(wp.add(16 * h), n);
+                let isum = nibble_dots256(wp.add(2 * g), x, b0, g, h, n, mk);
+                for t in 0..NT {
+                    let xs = ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk);
+                    let is = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<3>(xs));
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let v = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(is));
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(18 * g);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 20 * g);
+            halves!(g, |h, n, mk| {
+                let dw = f16x8(wp.add(16 * h), n);
+                let mw = f16x8(wp.add(2 * g + 16 * h), n);
+                let isum = nibble_dots256(wp.add(4 * g), x, b0, g, h, n, mk);
+                for t in 0..NT {
+                    let xs = _mm256_cvtepi32_ps(ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk));
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let v = _mm256_add_ps(
+                        _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[t])),
+                        _mm256_mul_ps(_mm256_mul_ps(mw, dx), xs),
+                    );
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(20 * g);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn u8x8_ps(v: [u8; 8]) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(
+        v,
+    ))))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 144 * (g / 8));
+            let s = g / 8;
+            let hdr = std::slice::from_raw_parts(wp, 16 * s);
+            // With K-quants each half is one whole super-block (n is always 8).
+            halves!(g, |h, n, mk| {
+                let (sc, mn) = k4_scales_mins(&hdr[4 * s + 12 * h..4 * s + 12 * h + 12]);
+                let a = _mm256_mul_ps(_mm256_set1_ps(f16_at(hdr, 2 * h)), u8x8_ps(sc));
+                let bm = _mm256_mul_ps(_mm256_set1_ps(f16_at(hdr, 2 * s + 2 * h)), u8x8_ps(mn));
+                let isum = nibble_dots256(wp.add(16 * s), x, b0, g, h, n, mk);
+                for t in 0..NT {
+                    let xs = _mm256_cvtepi32_ps(ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk));
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let v = _mm256_sub_ps(
+                        _mm256_mul_ps(_mm256_mul_ps(a, dx), _mm256_cvtepi32_ps(isum[t])),
+                        _mm256_mul_ps(_mm256_mul_ps(bm, dx), xs),
+                    );
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(144 * s);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6_high256(h: __m256i, s: usize) -> __m256i {
+    let m30 = _mm256_set1_epi8(0x30);
+    let v = match s {
+        0 => _mm256_slli_epi16::<4>(h),
+        1 => _mm256_slli_epi16::<2>(h),
+        2 => h,
+        _ => _mm256_srli_epi16::<2>(h),
+    };
+    _mm256_and_si256(v, m30)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let m0f = _mm256_set1_epi8(0x0f);
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, 210 * (g / 8));
+            let s = g / 8;
+            let hdr = std::slice::from_raw_parts(wp, 2 * s);
+            halves!(g, |h, n, mk| {
+                let dv = _mm256_set1_ps(f16_at(hdr, 2 * h));
+                let sc_lo =
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(wp.add(2 * s + 8 * h) as *const __m128i));
+                let sc_hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    wp.add(2 * s + g + 8 * h) as *const __m128i
+                ));
+                let ql = wp.add(2 * s + 2 * g + 32 * h);
+                let qh = wp.add(2 * s + 18 * g + 32 * h);
+                let h0 = ld8(qh, n, mk);
+                let h1 = ld8(qh.add(4 * g), n, mk);
+                let mut q = [_mm256_setzero_si256(); 8];
+                for p in 0..4 {
+                    let v = ld8(ql.add(p * 4 * g), n, mk);
+                    q[p] = _mm256_or_si256(_mm256_and_si256(v, m0f), q6_high256(h0, p));
+                    q[p + 4] = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f),
+                        q6_high256(h1, p),
+                    );
+                }
+                for t in 0..NT {
+                    let xq = |k: usize| xg8(x.q[t], b0, g, k, h, n, mk);
+                    // Pairs of vpmaddubsw (each at most 2 * 63 * 127 = 16002) add exactly in i16.
+                    let pair = |k: usize| {
+                        madd1(_mm256_add_epi16(
+                            _mm256_maddubs_epi16(q[k], xq(k)),
+                            _mm256_maddubs_epi16(q[k + 1], xq(k + 1)),
+                        ))
+                    };
+                    let mut lo = _mm256_add_epi32(pair(0), pair(2));
+                    let mut hi = _mm256_add_epi32(pair(4), pair(6));
+                    let xlo = ld8(x.lo[t].add(b0 + 8 * h) as *const u8, n, mk);
+                    let xhi = ld8(x.hi[t].add(b0 + 8 * h) as *const u8, n, mk);
+                    lo = _mm256_sub_epi32(lo, _mm256_slli_epi32::<5>(xlo));
+                    hi = _mm256_sub_epi32(hi, _mm256_slli_epi32::<5>(xhi));
+                    let is = _mm256_add_epi32(
+                        _mm256_mullo_epi32(sc_lo, lo),
+                        _mm256_mullo_epi32(sc_hi, hi),
+                    );
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let v = _mm256_mul_ps(_mm256_mul_ps(dv, dx), _mm256_cvtepi32_ps(is));
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(210 * s);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
