@@ -102,7 +102,6 @@ impl ModelArgs {
         let model = self.model_path()?;
         Engine::load(&model, opts).map_err(|e| fail(format!("{}: {e}", model.display())))
     }
-
 }
 
 pub fn resolve_model(explicit: Option<&PathBuf>) -> CliResult<PathBuf> {

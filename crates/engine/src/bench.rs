@@ -102,7 +102,10 @@ pub fn bandwidth_probe(threads: usize, total_bytes: usize, tries: usize) -> f64 
     for _ in 0..tries {
         let start = Instant::now();
         let sums: Vec<u64> = std::thread::scope(|s| {
-            let hs: Vec<_> = bufs.iter().map(|b| s.spawn(move || stream_sum(b))).collect();
+            let hs: Vec<_> = bufs
+                .iter()
+                .map(|b| s.spawn(move || stream_sum(b)))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
         });
         let secs = start.elapsed().as_secs_f64();
@@ -172,7 +175,9 @@ pub fn bench(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, Engine
         )));
     }
     if !(1..=8).contains(&t) {
-        return Err(EngineError::BadInput(format!("--verify-width {t} is out of range 1..8")));
+        return Err(EngineError::BadInput(format!(
+            "--verify-width {t} is out of range 1..8"
+        )));
     }
     let prompt = probe_ids(p, engine.cfg.n_vocab, 42);
     let mut s = engine.new_session();

@@ -108,7 +108,11 @@ fn decode_weight_bytes(files: &[Arc<GgufFile>], tied: bool) -> u64 {
             if name == "token_embd.weight" {
                 // A sharded tied model carries token_embd twice (embedding and head); the head
                 // reads it once per token.
-                if seen_embd { (sum, true) } else { (sum + b, true) }
+                if seen_embd {
+                    (sum, true)
+                } else {
+                    (sum + b, true)
+                }
             } else {
                 (sum + b, seen_embd)
             }

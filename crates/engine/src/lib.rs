@@ -22,8 +22,8 @@ pub mod kv_cache;
 pub mod model;
 pub mod npy;
 pub mod quant;
-pub mod synth;
 pub mod shard;
+pub mod synth;
 pub mod tokenizer;
 pub mod validate;
 

@@ -115,7 +115,13 @@ impl Preset {
                     .map(|b| crate::tokenizer::bytes::encode_bytes(b))
                     .collect();
                 let mut types = vec![TokenType::Normal as i32; tokens.len()];
-                for t in ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"] {
+                for t in [
+                    "<|endoftext|>",
+                    "<|assistant|>",
+                    "<|end|>",
+                    "<|user|>",
+                    "<|system|>",
+                ] {
                     tokens.push(t.to_string());
                 }
                 for i in 0..3 {
@@ -239,7 +245,12 @@ pub struct SynthOptions {
     pub seed: u64,
 }
 
-pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn) -> Result<u64, EngineError> {
+pub fn synth(
+    opts: &SynthOptions,
+    out: &Path,
+    force: bool,
+    progress: ProgressFn,
+) -> Result<u64, EngineError> {
     if out.exists() && !force {
         return Err(EngineError::BadInput(format!(
             "{} already exists; refusing to overwrite it (pass --force to replace it)",
@@ -249,7 +260,9 @@ pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn)
     let mut sh = opts.preset.shape();
     if let Some(l) = opts.layers {
         if l == 0 || l > 1024 {
-            return Err(EngineError::BadInput(format!("--layers {l} is out of range 1..1024")));
+            return Err(EngineError::BadInput(format!(
+                "--layers {l} is out of range 1..1024"
+            )));
         }
         sh.n_layer = l;
     }
@@ -257,7 +270,9 @@ pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn)
     let kv = sh.n_head_kv * head_dim;
     let mut rng = Rng::new(opts.seed ^ 0x5eed);
     let mut factors = |lo: f32, hi: f32| {
-        let mut v: Vec<f32> = (0..sh.n_rot / 2).map(|_| lo + (hi - lo) * rng.unit()).collect();
+        let mut v: Vec<f32> = (0..sh.n_rot / 2)
+            .map(|_| lo + (hi - lo) * rng.unit())
+            .collect();
         v.sort_by(f32::total_cmp);
         v
     };
@@ -273,11 +288,17 @@ pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn)
     w.set_kv(arch("feed_forward_length"), Value::U32(sh.n_ff as u32));
     w.set_kv(arch("block_count"), Value::U32(sh.n_layer as u32));
     w.set_kv(arch("attention.head_count"), Value::U32(sh.n_head as u32));
-    w.set_kv(arch("attention.head_count_kv"), Value::U32(sh.n_head_kv as u32));
+    w.set_kv(
+        arch("attention.head_count_kv"),
+        Value::U32(sh.n_head_kv as u32),
+    );
     w.set_kv(arch("attention.layer_norm_rms_epsilon"), Value::F32(1e-5));
     w.set_kv(arch("rope.dimension_count"), Value::U32(sh.n_rot as u32));
     w.set_kv(arch("rope.freq_base"), Value::F32(10000.0));
-    w.set_kv(arch("rope.scaling.original_context_length"), Value::U32(sh.n_ctx_orig as u32));
+    w.set_kv(
+        arch("rope.scaling.original_context_length"),
+        Value::U32(sh.n_ctx_orig as u32),
+    );
     let attn = crate::model::config::default_attn_factor(sh.n_ctx as f64, sh.n_ctx_orig as f64);
     w.set_kv(arch("rope.scaling.attn_factor"), Value::F32(attn));
     w.set_kv(arch("attention.sliding_window"), Value::U32(262_144));
@@ -300,34 +321,92 @@ pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn)
     let (d, ff) = (sh.n_embd as u64, sh.n_ff as u64);
     let mut plan: Vec<Planned> = Vec::new();
     let mut add = |name: String, shape: Vec<u64>, ty: GgmlType, data: Option<Vec<u8>>| {
-        plan.push(Planned { name, shape, ty, data })
+        plan.push(Planned {
+            name,
+            shape,
+            ty,
+            data,
+        })
     };
     let norm = |seed: u64, n: usize| {
         let mut r = Rng::new(seed);
         let v: Vec<f32> = (0..n).map(|_| 0.8 + 0.4 * r.unit()).collect();
         f32_bytes(&v)
     };
-    add("token_embd.weight".into(), vec![d, sh.n_vocab as u64], mat(true), None);
+    add(
+        "token_embd.weight".into(),
+        vec![d, sh.n_vocab as u64],
+        mat(true),
+        None,
+    );
     for i in 0..sh.n_layer {
         let more = use_more_bits(i, sh.n_layer);
         let s = opts.seed.wrapping_mul(1000).wrapping_add(i as u64);
-        add(format!("blk.{i}.attn_norm.weight"), vec![d], GgmlType::F32, Some(norm(s * 2, sh.n_embd)));
-        add(format!("blk.{i}.attn_qkv.weight"), vec![d, d + 2 * kv as u64], mat(more), None);
-        add(format!("blk.{i}.attn_output.weight"), vec![d, d], mat(false), None);
-        add(format!("blk.{i}.ffn_norm.weight"), vec![d], GgmlType::F32, Some(norm(s * 2 + 1, sh.n_embd)));
-        add(format!("blk.{i}.ffn_up.weight"), vec![d, 2 * ff], mat(false), None);
-        add(format!("blk.{i}.ffn_down.weight"), vec![ff, d], mat(more), None);
+        add(
+            format!("blk.{i}.attn_norm.weight"),
+            vec![d],
+            GgmlType::F32,
+            Some(norm(s * 2, sh.n_embd)),
+        );
+        add(
+            format!("blk.{i}.attn_qkv.weight"),
+            vec![d, d + 2 * kv as u64],
+            mat(more),
+            None,
+        );
+        add(
+            format!("blk.{i}.attn_output.weight"),
+            vec![d, d],
+            mat(false),
+            None,
+        );
+        add(
+            format!("blk.{i}.ffn_norm.weight"),
+            vec![d],
+            GgmlType::F32,
+            Some(norm(s * 2 + 1, sh.n_embd)),
+        );
+        add(
+            format!("blk.{i}.ffn_up.weight"),
+            vec![d, 2 * ff],
+            mat(false),
+            None,
+        );
+        add(
+            format!("blk.{i}.ffn_down.weight"),
+            vec![ff, d],
+            mat(more),
+            None,
+        );
     }
-    add("output_norm.weight".into(), vec![d], GgmlType::F32, Some(norm(opts.seed ^ 0xabc, sh.n_embd)));
-    add("rope_factors_long.weight".into(), vec![long.len() as u64], GgmlType::F32, Some(f32_bytes(&long)));
-    add("rope_factors_short.weight".into(), vec![short.len() as u64], GgmlType::F32, Some(f32_bytes(&short)));
+    add(
+        "output_norm.weight".into(),
+        vec![d],
+        GgmlType::F32,
+        Some(norm(opts.seed ^ 0xabc, sh.n_embd)),
+    );
+    add(
+        "rope_factors_long.weight".into(),
+        vec![long.len() as u64],
+        GgmlType::F32,
+        Some(f32_bytes(&long)),
+    );
+    add(
+        "rope_factors_short.weight".into(),
+        vec![short.len() as u64],
+        GgmlType::F32,
+        Some(f32_bytes(&short)),
+    );
     let _ = f32_array; // metadata arrays are written by the tokenizer spec
 
     for p in &plan {
         w.add_tensor(p.name.clone(), &p.shape, p.ty)?;
     }
     let total = w.total_size();
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let free = crate::shard::export::free_space(dir)?;
     if total > free {
         return Err(EngineError::Io(format!(
@@ -359,12 +438,15 @@ pub fn synth(opts: &SynthOptions, out: &Path, force: bool, progress: ProgressFn)
                         let chunk = &mut buf[..nb * bs];
                         // Sub-chunks of 4096 blocks, each with its own seed: deterministic
                         // whatever the thread count.
-                        chunk.par_chunks_mut(4096 * bs).enumerate().for_each(|(j, c)| {
-                            let seed = opts.seed
-                                ^ ((ti as u64) << 40)
-                                ^ (((b0 / 4096 + j) as u64).wrapping_mul(0x9e37_79b9));
-                            gen_blocks(p.ty, seed, c)
-                        });
+                        chunk
+                            .par_chunks_mut(4096 * bs)
+                            .enumerate()
+                            .for_each(|(j, c)| {
+                                let seed = opts.seed
+                                    ^ ((ti as u64) << 40)
+                                    ^ (((b0 / 4096 + j) as u64).wrapping_mul(0x9e37_79b9));
+                                gen_blocks(p.ty, seed, c)
+                            });
                         tw.write_chunk(chunk)?;
                         written += chunk.len() as u64;
                         progress(written, total);

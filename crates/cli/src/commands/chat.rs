@@ -27,11 +27,7 @@ pub fn run(a: Args) -> CliResult {
     let engine = a.model.load(ComputePath::Fast)?;
     let tmpl = template(&engine)?;
     let mut session = engine.new_session();
-    let mut msgs: Vec<Message> = a
-        .system
-        .iter()
-        .map(|s| Message::new("system", s))
-        .collect();
+    let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     eprintln!("chat: type a message; /reset clears the conversation, /exit ends");

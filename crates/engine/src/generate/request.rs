@@ -75,7 +75,10 @@ pub fn generate(
         flow
     };
     let (stats, spec) = match &req.speculative {
-        None => (greedy(session, prompt, req.max_tokens, &mut on_token)?, None),
+        None => (
+            greedy(session, prompt, req.max_tokens, &mut on_token)?,
+            None,
+        ),
         Some(sp) => {
             let mut drafter =
                 NgramDrafter::new(sp.ngram_min, sp.ngram_max).map_err(EngineError::BadInput)?;

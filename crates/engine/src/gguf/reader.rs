@@ -164,6 +164,31 @@ impl GgufFile {
         &self.bytes()[start..start + t.n_bytes as usize]
     }
 
+    /// Tell the kernel we no longer need a tensor's mapped pages (after copying them into a
+    /// repacked layout): they leave our resident set but stay in the page cache. A no-op for
+    /// in-memory images.
+    pub fn release(&self, t: &TensorInfo) {
+        if let Backing::Mmap(m) = &self.backing {
+            let page = 4096usize;
+            let start = (self.data_offset + t.offset) as usize;
+            let end = start + t.n_bytes as usize;
+            // Only whole pages inside the tensor, so neighbours are never affected.
+            let a = start.div_ceil(page) * page;
+            let b = end / page * page;
+            if b > a {
+                // SAFETY: the range lies inside the mapping; DONTNEED on a read-only file
+                // mapping only drops pages, which are re-read from the file if touched again.
+                unsafe {
+                    libc::madvise(
+                        m.as_ptr().add(a) as *mut libc::c_void,
+                        b - a,
+                        libc::MADV_DONTNEED,
+                    );
+                }
+            }
+        }
+    }
+
     /// Total bytes of tensor data.
     pub fn tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()

@@ -64,11 +64,11 @@ pub struct ShardSpec {
 pub struct ShardWeights<B: Backend> {
     pub spec: ShardSpec,
     /// token_embd [n_vocab, n_embd]
-    pub embed: Option<B::Matrix>,
+    pub embed: Option<Arc<B::Matrix>>,
     pub layers: Vec<Layer<B>>,
     pub output_norm: Option<B::Vector>,
-    /// output (or token_embd when tied) [n_vocab, n_embd]
-    pub output: Option<B::Matrix>,
+    /// output (or token_embd when tied, shared with `embed`) [n_vocab, n_embd]
+    pub output: Option<Arc<B::Matrix>>,
 }
 
 impl<B: Backend> ShardWeights<B> {
@@ -88,7 +88,7 @@ impl<B: Backend> ShardWeights<B> {
         }
         let embd_shape = [cfg.n_embd, cfg.n_vocab];
         let embed = if spec.has_embed {
-            Some(b.load_matrix(&embed_tensor(src, cfg)?)?)
+            Some(Arc::new(b.load_matrix(&embed_tensor(src, cfg)?)?))
         } else {
             None
         };
@@ -100,11 +100,13 @@ impl<B: Backend> ShardWeights<B> {
         let (output_norm, output) = if spec.has_head {
             let norm = b.load_vector(&src.get_shaped("output_norm.weight", &[cfg.n_embd])?)?;
             let out = if src.has("output.weight") {
-                src.get_shaped("output.weight", &embd_shape)?
+                Arc::new(b.load_matrix(&src.get_shaped("output.weight", &embd_shape)?)?)
+            } else if let Some(e) = &embed {
+                e.clone()
             } else {
-                embed_tensor(src, cfg)?
+                Arc::new(b.load_matrix(&embed_tensor(src, cfg)?)?)
             };
-            (Some(norm), Some(b.load_matrix(&out)?))
+            (Some(norm), Some(out))
         } else {
             (None, None)
         };

@@ -37,6 +37,8 @@ pub struct CpuBackend {
 pub enum CpuMatrix {
     /// Rows dequantized on the fly from the mapped file (reference path).
     Reference(HostTensor),
+    /// Repacked int8 / native k-quant blocks for the batch-invariant kernels (fast path).
+    Packed(kernels::PackedMatrix),
 }
 
 pub struct CpuVector(pub Vec<f32>);
@@ -142,7 +144,22 @@ impl Backend for CpuBackend {
                 t.ggml_type()
             )));
         }
-        Ok(CpuMatrix::Reference(t.clone()))
+        match self.path {
+            ComputePath::Reference => Ok(CpuMatrix::Reference(t.clone())),
+            ComputePath::Fast => {
+                let packed = kernels::PackedMatrix::from_ggml(
+                    t.ggml_type(),
+                    t.data(),
+                    t.n_rows(),
+                    t.row_len(),
+                )
+                .map_err(|e| EngineError::Model(format!("{}: {e}", t.name())))?;
+                // The packed copy replaces the mapped bytes: let the kernel drop those pages
+                // from our resident set (they stay in the page cache).
+                t.file.release(&t.info);
+                Ok(CpuMatrix::Packed(packed))
+            }
+        }
     }
 
     fn load_vector(&self, t: &HostTensor) -> Result<CpuVector, EngineError> {
@@ -154,6 +171,7 @@ impl Backend for CpuBackend {
     fn matrix_dims(&self, m: &CpuMatrix) -> (usize, usize) {
         match m {
             CpuMatrix::Reference(t) => (t.n_rows(), t.row_len()),
+            CpuMatrix::Packed(p) => (p.n_out(), p.n_in()),
         }
     }
 
@@ -169,6 +187,7 @@ impl Backend for CpuBackend {
             let dst = &mut out[t * n_embd..(t + 1) * n_embd];
             match table {
                 CpuMatrix::Reference(h) => dequant_row(h, id as usize, dst),
+                CpuMatrix::Packed(p) => p.dequantize_row(id as usize, dst),
             }
         }
         Ok(())
@@ -213,6 +232,12 @@ impl Backend for CpuBackend {
                         out[t * n_out + o] = tmp[o * n_rows + t];
                     }
                 }
+            }
+            CpuMatrix::Packed(p) => {
+                // Activations are quantized per row (int8 per 32-block, f32 scale), so a row's
+                // result never depends on the other rows.
+                let acts = kernels::QuantizedActs::quantize(&x[..n_rows * n_in], n_rows, n_in);
+                kernels::matmul_pool(&self.pool, p, &acts, n_rows, &mut out[..n_rows * n_out]);
             }
         }
     }
