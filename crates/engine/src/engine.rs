@@ -84,6 +84,34 @@ pub struct Engine {
     pub rope: Arc<RopeTable>,
     pub shards: Vec<Arc<dyn ShardFactory>>,
     pub options: LoadOptions,
+    /// Bytes of weights one decode step reads (layers, final norm, LM head).
+    pub weight_bytes: u64,
+}
+
+/// Bytes of the tensors a decode step reads from these files: every layer tensor, output_norm
+/// and the LM head (token_embd when tied). The embedding lookup reads one row: left out.
+fn decode_weight_bytes(files: &[Arc<GgufFile>], tied: bool) -> u64 {
+    files
+        .iter()
+        .flat_map(|f| f.tensors.iter())
+        .filter(|t| {
+            let n = t.name.as_str();
+            n.starts_with("blk.")
+                || n == "output_norm.weight"
+                || n == "output.weight"
+                || (tied && n == "token_embd.weight")
+        })
+        .map(|t| (t.name.as_str(), t.n_bytes))
+        .fold((0u64, false), |(sum, seen_embd), (name, b)| {
+            if name == "token_embd.weight" {
+                // A sharded tied model carries token_embd twice (embedding and head); the head
+                // reads it once per token.
+                if seen_embd { (sum, true) } else { (sum + b, true) }
+            } else {
+                (sum + b, seen_embd)
+            }
+        })
+        .0
 }
 
 impl Engine {
@@ -101,7 +129,9 @@ impl Engine {
         };
         let weights = Arc::new(ShardWeights::load(&*backend, &src, &cfg, spec)?);
         let rope = Arc::new(RopeTable::new(&cfg.rope, n_ctx));
+        let weight_bytes = decode_weight_bytes(std::slice::from_ref(&file), cfg.tied_embeddings);
         Ok(Engine {
+            weight_bytes,
             file,
             cfg: cfg.clone(),
             n_ctx,
@@ -184,6 +214,7 @@ impl Engine {
             }));
         }
         Ok(Engine {
+            weight_bytes: decode_weight_bytes(&files, cfg.tied_embeddings),
             file: files[0].clone(),
             rope: Arc::new(RopeTable::new(&cfg.rope, n_ctx)),
             cfg,
@@ -356,6 +387,18 @@ impl Session {
             }
         }
         Err(EngineError::Model("the last shard holds no LM head".into()))
+    }
+
+    /// Per-shard timing since the last reset.
+    pub fn timings(&self) -> Vec<crate::model::ShardTiming> {
+        self.shards.iter().map(|s| s.timing()).collect()
+    }
+
+    pub fn reset_timings(&mut self) {
+        // (per shard runner)
+        for s in &mut self.shards {
+            s.reset_timing();
+        }
     }
 
     /// Op counts per shard since the last reset: (device, counts).

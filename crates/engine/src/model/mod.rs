@@ -182,6 +182,9 @@ pub trait ShardRunner: Send {
     fn reset_op_counts(&self);
     /// Check the hidden state for NaN/Inf after every layer (validation probes).
     fn set_check_finite(&mut self, on: bool);
+    /// Time spent since the last reset.
+    fn timing(&self) -> ShardTiming;
+    fn reset_timing(&mut self);
 }
 
 /// A layer range with its weights, KV state and scratch buffers on one backend.
@@ -193,6 +196,15 @@ pub struct Shard<B: Backend> {
     scratch: Scratch<B>,
     logits_buf: B::Buf,
     check_finite: bool,
+    timing: ShardTiming,
+}
+
+/// Wall time a shard spent, split into its layers and its LM head.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShardTiming {
+    pub layers_s: f64,
+    pub head_s: f64,
+    pub passes: u64,
 }
 
 impl<B: Backend> Shard<B> {
@@ -218,6 +230,7 @@ impl<B: Backend> Shard<B> {
             scratch,
             logits_buf,
             check_finite: false,
+            timing: ShardTiming::default(),
         }
     }
 }
@@ -272,6 +285,7 @@ impl<B: Backend> ShardRunner for Shard<B> {
                 }
                 Activations::Hidden(h) => b.upload(&h[r0 * d..(r0 + n) * d], &mut s.x),
             }
+            let t_layers = std::time::Instant::now();
             let step = Step {
                 pos0: pos0 + r0,
                 n_rows: n,
@@ -292,6 +306,8 @@ impl<B: Backend> ShardRunner for Shard<B> {
                 }
             }
             self.kv.set_len(pos0 + r0 + n);
+            let t_head = std::time::Instant::now();
+            self.timing.layers_s += (t_head - t_layers).as_secs_f64();
             match (&w.output_norm, &w.output) {
                 (Some(norm), Some(out)) => {
                     let rows: Range<usize> = match logits {
@@ -322,8 +338,10 @@ impl<B: Backend> ShardRunner for Shard<B> {
                     b.download(&s.x, 0, &mut hidden_out[start..]);
                 }
             }
+            self.timing.head_s += t_head.elapsed().as_secs_f64();
             r0 += n;
         }
+        self.timing.passes += 1;
         Ok(if w.spec.has_head {
             ShardOutput::Logits(logits_out)
         } else {
@@ -349,5 +367,13 @@ impl<B: Backend> ShardRunner for Shard<B> {
 
     fn set_check_finite(&mut self, on: bool) {
         self.check_finite = on;
+    }
+
+    fn timing(&self) -> ShardTiming {
+        self.timing
+    }
+
+    fn reset_timing(&mut self) {
+        self.timing = ShardTiming::default();
     }
 }

@@ -147,6 +147,8 @@ fn shard_tensors(
     first: bool,
     last: bool,
 ) -> Vec<&TensorInfo> {
+    // With tied embeddings the LM head is token_embd, so the last shard carries it too.
+    let tied = f.tensor("output.weight").is_none();
     f.tensors
         .iter()
         .filter(|t| {
@@ -156,7 +158,7 @@ fn shard_tensors(
                 return layer.is_some_and(|l| l >= start && l < end);
             }
             match n {
-                "token_embd.weight" => first,
+                "token_embd.weight" => first || (last && tied),
                 "output_norm.weight" | "output.weight" => last,
                 // RoPE factors are used by every layer: every shard carries them.
                 _ => n.starts_with("rope_factors") || n.starts_with("rope_freqs"),

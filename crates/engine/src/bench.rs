@@ -1,0 +1,260 @@
+//! `bench`: prefill and decode speed, per-shard layer and head time, the cost of a T-row verify
+//! pass against a single step, peak RSS, and decode weight traffic as a share of a measured
+//! memory-bandwidth limit.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::{argmax, Engine, Session};
+use crate::model::LogitRows;
+use crate::validate::probe_ids;
+use crate::EngineError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardBench {
+    pub layers: [usize; 2],
+    pub device: String,
+    pub layers_ms_per_token: f64,
+    pub head_ms_per_token: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub prompt_tokens: usize,
+    pub n_decode: usize,
+    pub repeats: usize,
+    pub prefill_tok_s: Spread,
+    pub decode_tok_s: Spread,
+    pub layers_ms_per_token: f64,
+    pub head_ms_per_token: f64,
+    pub shards: Vec<ShardBench>,
+    pub verify_width: usize,
+    /// Time of one T-row pass over the time of one single-token step, at the same position.
+    pub verify_ratio: f64,
+    /// Bytes of weights a decode step reads.
+    pub weight_bytes_per_token: u64,
+    pub bandwidth_gbs: f64,
+    pub bandwidth_pct: f64,
+    pub peak_rss_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub prompt_tokens: usize,
+    pub n_decode: usize,
+    pub repeats: usize,
+    pub verify_width: usize,
+    pub probe_bandwidth: bool,
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Read bandwidth: `threads` threads each stream their own buffer (1 GiB in total) with 256-bit
+/// loads; the best of `tries` passes, in GB/s.
+pub fn bandwidth_probe(threads: usize, total_bytes: usize, tries: usize) -> f64 {
+    let threads = threads.max(1);
+    let per = (total_bytes / threads) & !63;
+    let bufs: Vec<Vec<u64>> = (0..threads)
+        .map(|t| (0..per / 8).map(|i| i as u64 ^ t as u64).collect())
+        .collect();
+    let mut best = 0f64;
+    for _ in 0..tries {
+        let start = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = bufs.iter().map(|b| s.spawn(move || stream_sum(b))).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sums);
+        best = best.max((per * threads) as f64 / secs / 1e9);
+    }
+    best
+}
+
+fn stream_sum(b: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present.
+            return unsafe { stream_sum_avx2(b) };
+        }
+    }
+    b.iter().fold(0u64, |a, &x| a ^ x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_sum_avx2(b: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let n = b.len() / 16;
+    let p = b.as_ptr() as *const __m256i;
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+    );
+    for i in 0..n {
+        // Four 256-bit loads per 128 bytes; unaligned loads are as fast on aligned data.
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(p.add(4 * i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(p.add(4 * i + 1)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(p.add(4 * i + 2)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(p.add(4 * i + 3)));
+    }
+    let x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    let mut out = [0u64; 4];
+    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, x);
+    out.iter().fold(0, |a, &v| a ^ v)
+}
+
+/// One prefill + greedy decode of `n` tokens; returns (prefill s, decode s).
+fn one_run(s: &mut Session, prompt: &[u32], n: usize) -> Result<(f64, f64), EngineError> {
+    s.reset();
+    let t0 = Instant::now();
+    let mut logits = s.forward(prompt, LogitRows::Last)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..n {
+        let t = argmax(&logits);
+        logits = s.forward(&[t], LogitRows::Last)?;
+    }
+    Ok((prefill, t1.elapsed().as_secs_f64()))
+}
+
+pub fn bench(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, EngineError> {
+    let p = opts.prompt_tokens.max(1);
+    let t = opts.verify_width;
+    if p + opts.n_decode + t + 1 > engine.n_ctx {
+        return Err(EngineError::BadInput(format!(
+            "{} prompt + {} decode tokens do not fit the context {} (use --ctx)",
+            p, opts.n_decode, engine.n_ctx
+        )));
+    }
+    if !(1..=8).contains(&t) {
+        return Err(EngineError::BadInput(format!("--verify-width {t} is out of range 1..8")));
+    }
+    let prompt = probe_ids(p, engine.cfg.n_vocab, 42);
+    let mut s = engine.new_session();
+    // Warm-up: touch every weight once.
+    one_run(&mut s, &prompt[..p.min(8)], 2)?;
+
+    let (mut pre, mut dec) = (Vec::new(), Vec::new());
+    s.reset_timings();
+    for _ in 0..opts.repeats.max(1) {
+        let (a, b) = one_run(&mut s, &prompt, opts.n_decode)?;
+        pre.push(p as f64 / a);
+        dec.push(opts.n_decode as f64 / b);
+    }
+    // Per-shard time of the decode steps alone: measure one more decode run separately.
+    s.reset();
+    s.forward(&prompt, LogitRows::Last)?;
+    s.reset_timings();
+    let mut tok = prompt[p - 1];
+    for _ in 0..opts.n_decode {
+        tok = argmax(&s.forward(&[tok], LogitRows::Last)?);
+    }
+    let nd = opts.n_decode.max(1) as f64;
+    let shards: Vec<ShardBench> = engine
+        .shards
+        .iter()
+        .zip(s.timings())
+        .map(|(f, tm)| ShardBench {
+            layers: [f.spec().layers.start, f.spec().layers.end],
+            device: f.device(),
+            layers_ms_per_token: tm.layers_s * 1000.0 / nd,
+            head_ms_per_token: tm.head_s * 1000.0 / nd,
+        })
+        .collect();
+
+    // verify_ratio: a T-row pass vs a single step at the same position, interleaved.
+    let pos = s.tokens().len();
+    let block = probe_ids(t, engine.cfg.n_vocab, 7);
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let a = Instant::now();
+        s.forward(&block[..1], LogitRows::All)?;
+        one.push(a.elapsed().as_secs_f64());
+        s.truncate(pos);
+        let b = Instant::now();
+        s.forward(&block, LogitRows::All)?;
+        many.push(b.elapsed().as_secs_f64());
+        s.truncate(pos);
+    }
+    let verify_ratio = Spread::of(many).median / Spread::of(one).median.max(1e-12);
+
+    let decode = Spread::of(dec);
+    let bytes = engine.weight_bytes;
+    let bw = if opts.probe_bandwidth {
+        bandwidth_probe(2, 1 << 30, 5)
+    } else {
+        0.0
+    };
+    let pct = if bw > 0.0 {
+        100.0 * decode.median * bytes as f64 / 1e9 / bw
+    } else {
+        0.0
+    };
+    Ok(BenchReport {
+        model: engine
+            .file
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        threads: engine.options.threads,
+        prompt_tokens: p,
+        n_decode: opts.n_decode,
+        repeats: opts.repeats.max(1),
+        prefill_tok_s: Spread::of(pre),
+        decode_tok_s: decode,
+        layers_ms_per_token: shards.iter().map(|x| x.layers_ms_per_token).sum(),
+        head_ms_per_token: shards.iter().map(|x| x.head_ms_per_token).sum(),
+        shards,
+        verify_width: t,
+        verify_ratio,
+        weight_bytes_per_token: bytes,
+        bandwidth_gbs: bw,
+        bandwidth_pct: pct,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
