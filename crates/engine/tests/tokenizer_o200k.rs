@@ -218,6 +218,7 @@ mod tokenizer {
         assert_eq!((tok.bos(), tok.eos()), (Some(199_999), Some(199_999)));
         assert!(!tok.add_bos() && !tok.add_eos());
         assert!(tok.is_eog(199_999) && tok.is_eog(200_020));
+        assert_eq!(tok.eot(), Some(200_020)); // <|end|>
         assert!(tok.chat_template().unwrap().contains("<|assistant|>"));
 
         let prompt = "<|system|>Be brief.<|end|><|user|>Hi there!<|end|><|assistant|>";
@@ -247,12 +248,8 @@ mod tokenizer {
             .iter()
             .filter(|t| t.chars().count() > 1)
             .count();
-        // Every multi-byte rank but a handful gets exactly one merge.
-        assert!(
-            spec.merges.len() <= multi && spec.merges.len() + 1000 > multi,
-            "{} merges for {multi} tokens",
-            spec.merges.len()
-        );
+        // Every multi-byte rank has a two-part split, so gets exactly one merge.
+        assert_eq!(spec.merges.len(), multi);
         assert_eq!(spec.merges[0], "Ġ Ġ");
     }
 
@@ -273,8 +270,9 @@ mod tokenizer {
             tok.encode(&text, false, false);
         }
         let warm = t0.elapsed().as_secs_f64() / reps as f64;
+        let oracle = oracle(); // built outside the timing
         let t0 = Instant::now();
-        oracle().encode_ordinary(&text);
+        oracle.encode_ordinary(&text);
         let tt = t0.elapsed().as_secs_f64();
         let per_100kb = |s: f64| s * 1e3 * 0.1 / mb;
         eprintln!(

@@ -94,6 +94,7 @@ mod tokenizer {
         assert_eq!(im_end, 2);
         assert!(tok.is_eog(im_end));
         assert!(tok.is_eog(0)); // <|endoftext|>
+        assert_eq!(tok.eot(), Some(im_end));
         assert_eq!(tok.encode("<|im_end|>", false, true), [im_end]);
         // Without parse_special the control token is ordinary text.
         let plain = tok.encode("<|im_end|>", false, false);

@@ -391,10 +391,9 @@ impl Tokenizer {
 
         // Text-based special-token detection, as llama.cpp does after loading the vocabulary.
         if eot.is_none() {
-            eot = EOT_TEXTS
-                .iter()
-                .filter_map(|t| token_to_id.get(*t).copied())
-                .min();
+            // llama.cpp takes whichever candidate its hash map yields first; we take the
+            // first in list order, so `<|im_end|>` / `<|end|>` win over `<|endoftext|>`.
+            eot = EOT_TEXTS.iter().find_map(|t| token_to_id.get(*t).copied());
             if let Some(id) = eot {
                 attrs[id as usize] |= attr::CONTROL;
             }

@@ -84,7 +84,7 @@ pub fn class(c: char) -> u8 {
     table().get(c as usize).copied().unwrap_or(0)
 }
 
-/// Class bits of every char of `s`, in order.
+/// Class bits of each of `chars`, in order, into `out`.
 pub fn classes(chars: &[char], out: &mut Vec<u8>) {
     let t = table();
     out.clear();
