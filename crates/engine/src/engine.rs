@@ -412,6 +412,11 @@ impl Session {
         Err(EngineError::Model("the last shard holds no LM head".into()))
     }
 
+    /// The bits of every valid KV row of every shard (tests of batch invariance).
+    pub fn kv_bits(&self) -> Vec<u32> {
+        self.shards.iter().flat_map(|s| s.kv_bits()).collect()
+    }
+
     /// Per-shard timing since the last reset.
     pub fn timings(&self) -> Vec<crate::model::ShardTiming> {
         self.shards.iter().map(|s| s.timing()).collect()

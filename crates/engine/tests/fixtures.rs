@@ -178,3 +178,89 @@ fn reference_block_equals_sequential_bitwise() {
         assert_eq!(runs[0], runs[1], "{case}: 1 thread != 2 threads");
     }
 }
+
+/// Fast path (int8 activations) against our own f32 reference path on the tiny fixtures.
+/// Thresholds (docs/NUMERICS.md): cosine of every position's logits >= 0.999, and top-1
+/// agreement on >= 99% of positions.
+#[test]
+fn fast_path_tracks_reference_on_fixtures() {
+    const MIN_COS: f64 = 0.999;
+    const MIN_TOP1: f64 = 0.99;
+    for case in ["tiny-phi3", "tiny-llama"] {
+        let g = golden(case);
+        let fast = load(case, ComputePath::Fast);
+        let reference = load(case, ComputePath::Reference);
+        let v = fast.cfg.n_vocab;
+        let (mut agree, mut total, mut worst) = (0, 0, 1f64);
+        for seq in g["sequences"].as_array().unwrap() {
+            let input = ids(&seq["input_ids"]);
+            let a = fast.new_session().forward(&input, LogitRows::All).unwrap();
+            let b = reference
+                .new_session()
+                .forward(&input, LogitRows::All)
+                .unwrap();
+            let c = verispec::validate::compare(&a, &b, v);
+            worst = c.cos_per_token.iter().copied().fold(worst, f64::min);
+            for t in 0..input.len() {
+                total += 1;
+                agree +=
+                    (argmax(&a[t * v..(t + 1) * v]) == argmax(&b[t * v..(t + 1) * v])) as usize;
+            }
+        }
+        let top1 = agree as f64 / total as f64;
+        eprintln!("{case}: fast vs reference: min cosine {worst:.6}, top-1 {agree}/{total}");
+        assert!(worst >= MIN_COS, "{case}: cosine {worst}");
+        assert!(top1 >= MIN_TOP1, "{case}: top-1 agreement {top1}");
+    }
+}
+
+/// Batch invariance on the fast path for the whole model: every row's logits and every KV row
+/// of a T-row pass equal T single-row passes bit for bit, for T = 2..8, with 1 and 2 threads.
+#[test]
+fn fast_block_equals_sequential_bitwise() {
+    for case in ["tiny-phi3", "tiny-llama"] {
+        let g = golden(case);
+        let input = ids(&g["sequences"][1]["input_ids"]);
+        let mut per_threads = Vec::new();
+        for threads in [1, 2] {
+            let opts = LoadOptions {
+                path: ComputePath::Fast,
+                threads,
+                n_ctx: None,
+            };
+            let engine = Engine::load(&testdata().join(format!("{case}.gguf")), opts).unwrap();
+            let mut all = Vec::new();
+            // Blocks never straddle the LongRoPE switch at 64 (the verifier cuts them there).
+            for (prefix, block) in [(20, 2), (30, 4), (56, 8), (59, 5), (70, 8)] {
+                let mut a = engine.new_session();
+                a.forward(&input[..prefix], LogitRows::None).unwrap();
+                let blk = a
+                    .forward(&input[prefix..prefix + block], LogitRows::All)
+                    .unwrap();
+                let mut b = engine.new_session();
+                b.forward(&input[..prefix], LogitRows::None).unwrap();
+                let mut seq = Vec::new();
+                for t in prefix..prefix + block {
+                    seq.extend(b.forward(&input[t..t + 1], LogitRows::Last).unwrap());
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&blk),
+                    bits(&seq),
+                    "{case}: T={block} at {prefix}, {threads} threads"
+                );
+                assert_eq!(
+                    a.kv_bits(),
+                    b.kv_bits(),
+                    "{case}: KV rows differ, T={block}"
+                );
+                all.extend(bits(&blk));
+            }
+            per_threads.push(all);
+        }
+        assert_eq!(
+            per_threads[0], per_threads[1],
+            "{case}: 1 thread != 2 threads"
+        );
+    }
+}

@@ -176,3 +176,51 @@ fn smollm2_reference_matches_float64_oracle() {
         assert!(worst <= MAX_ABS, "{}: max |diff| {worst}", seq["source"]);
     }
 }
+
+/// Batch invariance of the int8 path on a real quantized model (Q4_1 matrices, Q8_0 embedding):
+/// a T-row pass equals T single-token steps bit for bit, logits and KV rows, T = 2..8, and 1
+/// thread equals 2 threads.
+#[test]
+fn smollm2_fast_block_equals_sequential_bitwise() {
+    let Some(model) = common::smollm2() else {
+        return;
+    };
+    let rec = &common::golden_records()[2];
+    let mut ids = rec.prompt_ids.clone();
+    ids.extend(&rec.generated);
+    let mut per_threads = Vec::new();
+    for threads in [1, 2] {
+        let opts = LoadOptions {
+            path: ComputePath::Fast,
+            threads,
+            n_ctx: Some(512),
+        };
+        let engine = Engine::load(&model, opts).unwrap();
+        let mut all = Vec::new();
+        for (prefix, block) in [(10, 2), (17, 4), (30, 8), (41, 3)] {
+            let mut a = engine.new_session();
+            a.forward(&ids[..prefix], LogitRows::None).unwrap();
+            let blk = a
+                .forward(&ids[prefix..prefix + block], LogitRows::All)
+                .unwrap();
+            let mut b = engine.new_session();
+            b.forward(&ids[..prefix], LogitRows::None).unwrap();
+            let mut seq = Vec::new();
+            for t in prefix..prefix + block {
+                seq.extend(b.forward(&ids[t..t + 1], LogitRows::Last).unwrap());
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&blk) == bits(&seq),
+                "T={block} at {prefix}, {threads} threads: logits differ"
+            );
+            assert!(
+                a.kv_bits() == b.kv_bits(),
+                "T={block} at {prefix}: KV rows differ"
+            );
+            all.extend(bits(&blk));
+        }
+        per_threads.push(all);
+    }
+    assert!(per_threads[0] == per_threads[1], "1 thread != 2 threads");
+}

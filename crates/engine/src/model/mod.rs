@@ -186,6 +186,8 @@ pub trait ShardRunner: Send {
     fn set_check_finite(&mut self, on: bool);
     /// Time spent since the last reset.
     fn timing(&self) -> ShardTiming;
+    /// The bits of the valid K and V rows of every layer.
+    fn kv_bits(&self) -> Vec<u32>;
     fn reset_timing(&mut self);
 }
 
@@ -377,5 +379,19 @@ impl<B: Backend> ShardRunner for Shard<B> {
 
     fn reset_timing(&mut self) {
         self.timing = ShardTiming::default();
+    }
+
+    fn kv_bits(&self) -> Vec<u32> {
+        let n = self.kv.len() * self.kv.width;
+        let b = &*self.backend;
+        let mut out = Vec::new();
+        let mut row = vec![0f32; n];
+        for (k, v) in &self.kv.layers {
+            for buf in [k, v] {
+                b.download(buf, 0, &mut row);
+                out.extend(row.iter().map(|x| x.to_bits()));
+            }
+        }
+        out
     }
 }

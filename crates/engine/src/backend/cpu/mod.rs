@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::{Backend, ComputePath, OpCounts};
+use crate::gguf::GgmlType;
 use crate::model::rope::{RopeSet, RopeTable};
 use crate::model::weights::HostTensor;
 use crate::quant;
@@ -144,8 +145,16 @@ impl Backend for CpuBackend {
                 t.ggml_type()
             )));
         }
+        let float = matches!(
+            t.ggml_type(),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16
+        );
         match self.path {
+            // Float weights keep float precision on the fast path too: the f32 kernel is
+            // batch-invariant, and float models are test fixtures, not deployment formats.
+            // `export --type q8_0` converts them to the int8 path.
             ComputePath::Reference => Ok(CpuMatrix::Reference(t.clone())),
+            ComputePath::Fast if float => Ok(CpuMatrix::Reference(t.clone())),
             ComputePath::Fast => {
                 let packed = kernels::PackedMatrix::from_ggml(
                     t.ggml_type(),
