@@ -30,6 +30,14 @@ enum Command {
     Run(commands::run::Args),
     /// Interactive chat that keeps the KV cache between turns.
     Chat(commands::chat::Args),
+    /// Speed: prefill, decode, per-shard time, verify cost, bandwidth share; or a prompt suite.
+    Bench(commands::bench::Args),
+    /// Split a model into layer-range shard files and a manifest.
+    Export(commands::export::Args),
+    /// Run the gates (hashes, golden, parity, residency) on a manifest, or --parity on a model.
+    Validate(commands::validate::Args),
+    /// Write a GGUF with a real model's shapes and vocabulary and seeded random weights.
+    Synth(commands::synth::Args),
 }
 
 fn main() {
@@ -40,6 +48,10 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::Export(a) => commands::export::run(a),
+        Command::Validate(a) => commands::validate::run(a),
+        Command::Synth(a) => commands::synth::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -263,3 +263,215 @@ pub fn bench(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, Engine
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
+
+/// One line of a prompt suite; extra keys are ignored, so golden files work as suites.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SuitePrompt {
+    pub id: String,
+    pub prompt: String,
+    pub n_gen: usize,
+}
+
+pub fn load_suite(path: &std::path::Path) -> Result<Vec<SuitePrompt>, EngineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::Io(format!("cannot read suite {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        #[derive(serde::Deserialize)]
+        struct Line {
+            id: Option<serde_json::Value>,
+            prompt: String,
+            n_gen: Option<usize>,
+            generated_token_ids: Option<Vec<u32>>,
+        }
+        let l: Line = serde_json::from_str(line).map_err(|e| {
+            EngineError::BadInput(format!("{} line {}: {e}", path.display(), i + 1))
+        })?;
+        let n_gen = l
+            .n_gen
+            .or(l.generated_token_ids.as_ref().map(|g| g.len()))
+            .ok_or_else(|| {
+                EngineError::BadInput(format!("{} line {}: no n_gen", path.display(), i + 1))
+            })?;
+        let id = match l.id {
+            Some(serde_json::Value::String(s)) => s,
+            Some(v) => v.to_string(),
+            None => format!("line{}", i + 1),
+        };
+        out.push(SuitePrompt {
+            id,
+            prompt: l.prompt,
+            n_gen,
+        });
+    }
+    if out.is_empty() {
+        return Err(EngineError::BadInput(format!(
+            "suite {} has no prompts",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunFigures {
+    /// Tokens decoded after the prefill's first token.
+    pub tokens: usize,
+    /// Seconds of decoding (after the prefill).
+    pub seconds: f64,
+    pub tok_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptReport {
+    pub id: String,
+    pub n_prompt: usize,
+    pub n_generated: usize,
+    /// Median over runs.
+    pub greedy: RunFigures,
+    pub speculative: Option<RunFigures>,
+    pub drafted: usize,
+    pub accepted: usize,
+    pub acceptance: f64,
+    pub verify_passes: usize,
+    /// Speculative output equals greedy output, token for token, on every run.
+    pub exact: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteReport {
+    pub suite: String,
+    pub runs: usize,
+    pub prompts: Vec<PromptReport>,
+    /// Total tokens / total seconds, median over runs.
+    pub greedy_tok_s: f64,
+    pub speculative_tok_s: Option<f64>,
+    pub speedup: Option<f64>,
+    pub acceptance: Option<f64>,
+    pub exact: Option<bool>,
+    pub greedy_tok_s_runs: Vec<f64>,
+    pub speculative_tok_s_runs: Vec<f64>,
+}
+
+/// Greedy and (optionally) speculative decoding of every prompt, `runs` times, interleaved.
+pub fn run_suite(
+    engine: &Engine,
+    name: &str,
+    prompts: &[SuitePrompt],
+    spec: Option<&crate::generate::request::Speculation>,
+    runs: usize,
+    ignore_eos: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<SuiteReport, EngineError> {
+    use crate::generate::request::{generate, GenRequest};
+    let runs = runs.max(1);
+    let mut reports = Vec::new();
+    // per run: (greedy tokens, greedy s, spec tokens, spec s)
+    let mut totals = vec![(0usize, 0f64, 0usize, 0f64); runs];
+    let (mut all_drafted, mut all_accepted) = (0usize, 0usize);
+    let mut all_exact = true;
+    for p in prompts {
+        let ids = engine.tokenizer.encode(&p.prompt, true, true);
+        if ids.is_empty() {
+            return Err(EngineError::BadInput(format!("prompt {:?} is empty", p.id)));
+        }
+        let mut g_runs = Vec::new();
+        let mut s_runs = Vec::new();
+        let mut exact = true;
+        let (mut drafted, mut accepted, mut passes) = (0, 0, 0);
+        let mut n_generated = 0;
+        for (r, tot) in totals.iter_mut().enumerate() {
+            progress(&format!("{} run {}/{}", p.id, r + 1, runs));
+            let mut req = GenRequest {
+                max_tokens: p.n_gen,
+                ignore_eos,
+                stop: Vec::new(),
+                speculative: None,
+            };
+            let mut s = engine.new_session();
+            let g = generate(engine, &mut s, &ids, &req, |_| {})?;
+            n_generated = g.generated_ids.len();
+            let gf = figures(&g.stats);
+            tot.0 += gf.tokens;
+            tot.1 += gf.seconds;
+            g_runs.push(gf);
+            if let Some(sp) = spec {
+                req.speculative = Some(sp.clone());
+                let mut s = engine.new_session();
+                let o = generate(engine, &mut s, &ids, &req, |_| {})?;
+                exact &= o.generated_ids == g.generated_ids;
+                let sf = figures(&o.stats);
+                tot.2 += sf.tokens;
+                tot.3 += sf.seconds;
+                s_runs.push(sf);
+                if let Some(st) = o.spec {
+                    drafted = st.drafted;
+                    accepted = st.accepted;
+                    passes = st.verify_passes;
+                }
+            }
+        }
+        all_drafted += drafted;
+        all_accepted += accepted;
+        all_exact &= exact;
+        reports.push(PromptReport {
+            id: p.id.clone(),
+            n_prompt: ids.len(),
+            n_generated,
+            greedy: median_figures(g_runs),
+            speculative: spec.map(|_| median_figures(s_runs)),
+            drafted,
+            accepted,
+            acceptance: if drafted > 0 {
+                accepted as f64 / drafted as f64
+            } else {
+                0.0
+            },
+            verify_passes: passes,
+            exact: spec.map(|_| exact),
+        });
+    }
+    let g_tps: Vec<f64> = totals.iter().map(|t| t.0 as f64 / t.1.max(1e-12)).collect();
+    let s_tps: Vec<f64> = totals.iter().map(|t| t.2 as f64 / t.3.max(1e-12)).collect();
+    let g = Spread::of(g_tps.clone()).median;
+    let sp = spec.map(|_| Spread::of(s_tps.clone()).median);
+    Ok(SuiteReport {
+        suite: name.to_string(),
+        runs,
+        prompts: reports,
+        greedy_tok_s: g,
+        speculative_tok_s: sp,
+        speedup: sp.map(|s| s / g.max(1e-12)),
+        acceptance: spec.map(|_| {
+            if all_drafted > 0 {
+                all_accepted as f64 / all_drafted as f64
+            } else {
+                0.0
+            }
+        }),
+        exact: spec.map(|_| all_exact),
+        greedy_tok_s_runs: g_tps,
+        speculative_tok_s_runs: if spec.is_some() { s_tps } else { Vec::new() },
+    })
+}
+
+fn figures(s: &crate::generate::GenStats) -> RunFigures {
+    let tokens = s.n_generated.saturating_sub(1);
+    RunFigures {
+        tokens,
+        seconds: s.decode_s,
+        tok_s: if s.decode_s > 0.0 {
+            tokens as f64 / s.decode_s
+        } else {
+            0.0
+        },
+    }
+}
+
+fn median_figures(mut v: Vec<RunFigures>) -> RunFigures {
+    v.sort_by(|a, b| a.tok_s.total_cmp(&b.tok_s));
+    v.get(v.len() / 2).cloned().unwrap_or_default()
+}

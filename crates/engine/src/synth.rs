@@ -3,12 +3,12 @@
 //! tiny-phi3 is the same architecture at test size.
 //!
 //! Weights are generated directly as quantized blocks (no f32 detour), so the 4 GB q8_0 file is
-//! written at disk speed. Every block's values are zero-mean with a standard deviation near
-//! 0.02, like the reference script's N(0, 0.02):
-//! - Q8_0: q uniform in [-127, 127], d = 0.02 * sqrt(3) / 127 * u, u uniform in [0.75, 1.25];
+//! written at disk speed. Every block's values are zero-mean with a standard deviation `std`
+//! = 0.9 / sqrt(n_embd) (0.016 for Phi-4-mini, near the reference script's N(0, 0.02)):
+//! - Q8_0: q uniform in [-127, 127], d = std * sqrt(3) / 127 * u, u uniform in [0.75, 1.25];
 //! - Q4_K: value = d * sc * (q - 7.5) with q uniform in 0..16 (min = scale, dmin = 7.5 d);
 //! - Q6_K: value = d * sc * (q - 32) with q uniform in 0..64;
-//! - F16: uniform in [-0.02 sqrt(3), 0.02 sqrt(3)];
+//! - F16: uniform in [-std sqrt(3), std sqrt(3)];
 //! - norms: 1 ± 0.2 (so a missing norm multiply shows); LongRoPE factors: short in [1, 2],
 //!   long in [1, 48], sorted ascending, so LongRoPE is exercised.
 
@@ -149,7 +149,7 @@ impl Preset {
 
 /// llama.cpp's Q4_K_M rule for which layers get more bits (attn_qkv / ffn_down as Q6_K).
 fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// A small, fast, seedable generator (SplitMix64).
@@ -172,16 +172,14 @@ impl Rng {
     }
 }
 
-const STD: f32 = 0.02;
-
 /// Fill `out` with `n_blocks` random blocks of `ty`, deterministic in `seed`.
-fn gen_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
+fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
     let mut r = Rng::new(seed);
     let bs = ty.type_size();
     for b in out.chunks_exact_mut(bs) {
         match ty {
             GgmlType::Q8_0 => {
-                let d = STD * 3f32.sqrt() / 127.0 * (0.75 + 0.5 * r.unit());
+                let d = spread * 3f32.sqrt() / 127.0 * (0.75 + 0.5 * r.unit());
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                 for q in b[2..].iter_mut() {
                     *q = ((r.next() % 255) as i32 - 127) as i8 as u8;
@@ -189,7 +187,7 @@ fn gen_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
             }
             GgmlType::Q4K => {
                 // d * sc * (q - 7.5): sc in 32..64, std of (q - 7.5) is 4.61.
-                let d = STD / 4.61 / 47.5;
+                let d = spread / 4.61 / 47.5;
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                 b[2..4].copy_from_slice(&f16::from_f32(7.5 * d).to_le_bytes());
                 let sc: [u8; 8] = std::array::from_fn(|_| 32 + (r.next() % 32) as u8);
@@ -210,7 +208,7 @@ fn gen_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
             }
             GgmlType::Q6K => {
                 // d * sc * (q - 32): sc in 8..16, std of (q - 32) is 18.5.
-                let d = STD / 18.5 / 11.5;
+                let d = spread / 18.5 / 11.5;
                 for q in b[..192].iter_mut() {
                     *q = r.next() as u8;
                 }
@@ -220,7 +218,7 @@ fn gen_blocks(ty: GgmlType, seed: u64, out: &mut [u8]) {
                 b[208..210].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             }
             GgmlType::F16 => {
-                let a = STD * 3f32.sqrt();
+                let a = spread * 3f32.sqrt();
                 b.copy_from_slice(&f16::from_f32((2.0 * r.unit() - 1.0) * a).to_le_bytes());
             }
             _ => b.fill(0),
@@ -267,6 +265,10 @@ pub fn synth(
         sh.n_layer = l;
     }
     let head_dim = sh.n_embd / sh.n_head;
+    // Weight spread 0.9 / sqrt(n_embd): 0.016 for Phi-4-mini (near its 0.02 init), 0.056 for
+    // tiny-phi3. A smaller spread lets each token's own embedding dominate the logits (the
+    // model repeats its input); a larger one amplifies rounding through 32 random layers.
+    let spread = 0.9 / (sh.n_embd as f32).sqrt();
     let kv = sh.n_head_kv * head_dim;
     let mut rng = Rng::new(opts.seed ^ 0x5eed);
     let mut factors = |lo: f32, hi: f32| {
@@ -445,7 +447,7 @@ pub fn synth(
                                 let seed = opts.seed
                                     ^ ((ti as u64) << 40)
                                     ^ (((b0 / 4096 + j) as u64).wrapping_mul(0x9e37_79b9));
-                                gen_blocks(p.ty, seed, c)
+                                gen_blocks(p.ty, spread, seed, c)
                             });
                         tw.write_chunk(chunk)?;
                         written += chunk.len() as u64;
@@ -496,7 +498,7 @@ mod tests {
         for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
             let n_blocks = 64;
             let mut bytes = vec![0u8; n_blocks * ty.type_size()];
-            gen_blocks(ty, 7, &mut bytes);
+            gen_blocks(ty, 0.02, 7, &mut bytes);
             let n = n_blocks * ty.block_size();
             let v = crate::quant::dequantize_tensor(ty, &bytes, n).unwrap();
             let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;

@@ -1,6 +1,11 @@
+pub mod bench;
 pub mod chat;
+pub mod export;
 pub mod forward;
 pub mod gen_args;
 pub mod inspect;
 pub mod run;
+pub mod suite;
+pub mod synth;
 pub mod tokenize;
+pub mod validate;

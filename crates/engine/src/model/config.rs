@@ -255,27 +255,32 @@ impl ModelConfig {
             }
         };
 
-        let embd = f
-            .tensor("token_embd.weight")
-            .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?;
+        // Shard files of middle layers carry no token_embd: the vocabulary size then comes from
+        // the metadata alone.
+        let embd = f.tensor("token_embd.weight");
         let n_vocab = match f.get(&key("vocab_size")) {
             Some(_) => dim("vocab_size")?,
             None => match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
-                Some(a) => a.len(),
-                None => embd.shape.get(1).copied().unwrap_or(0) as usize,
+                Some(a) if !a.is_empty() => a.len(),
+                _ => match embd {
+                    Some(e) => e.shape.get(1).copied().unwrap_or(0) as usize,
+                    None => return Err(GgufError::MissingTensor("token_embd.weight".into()).into()),
+                },
             },
         };
-        if embd.shape.len() != 2 || embd.shape[0] != n_embd as u64 {
-            return Err(invalid(format!(
-                "token_embd.weight has shape {:?}, expected [{n_embd}, n_vocab]",
-                embd.shape
-            )));
-        }
-        if (embd.shape[1] as usize) < n_vocab {
-            return Err(invalid(format!(
-                "token_embd.weight has {} rows but the vocabulary has {n_vocab} tokens",
-                embd.shape[1]
-            )));
+        if let Some(embd) = embd {
+            if embd.shape.len() != 2 || embd.shape[0] != n_embd as u64 {
+                return Err(invalid(format!(
+                    "token_embd.weight has shape {:?}, expected [{n_embd}, n_vocab]",
+                    embd.shape
+                )));
+            }
+            if (embd.shape[1] as usize) < n_vocab {
+                return Err(invalid(format!(
+                    "token_embd.weight has {} rows but the vocabulary has {n_vocab} tokens",
+                    embd.shape[1]
+                )));
+            }
         }
 
         Ok(ModelConfig {
@@ -295,6 +300,7 @@ impl ModelConfig {
                 freq_base,
                 longrope,
             },
+            // A shard without the head cannot tell; the first shard's answer is used.
             tied_embeddings: f.tensor("output.weight").is_none(),
         })
     }
