@@ -152,7 +152,17 @@ fn speculative_respects_max_tokens_and_stop() {
 
 fn smollm2_engine() -> Option<Engine> {
     let model = common::smollm2()?;
-    Some(Engine::load(&model, LoadOptions { path: ComputePath::Fast, threads: 2, n_ctx: None }).unwrap())
+    Some(
+        Engine::load(
+            &model,
+            LoadOptions {
+                path: ComputePath::Fast,
+                threads: 2,
+                n_ctx: None,
+            },
+        )
+        .unwrap(),
+    )
 }
 
 /// Greedy vs speculative through the request API (EOG and stop handling included).
@@ -165,12 +175,21 @@ fn compare_request(
 ) -> (Vec<u32>, Vec<u32>, usize) {
     use verispec::generate::request::{generate, GenRequest};
     let ids = engine.tokenizer.encode(prompt, true, true);
-    let mut req = GenRequest { max_tokens: n, ignore_eos, stop: vec![], speculative: None };
+    let mut req = GenRequest {
+        max_tokens: n,
+        ignore_eos,
+        stop: vec![],
+        speculative: None,
+    };
     let g = generate(engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
     req.speculative = Some(spec);
     let s = generate(engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
     assert_eq!(g.text, s.text);
-    (g.generated_ids, s.generated_ids, s.spec.map_or(0, |x| x.accepted))
+    (
+        g.generated_ids,
+        s.generated_ids,
+        s.spec.map_or(0, |x| x.accepted),
+    )
 }
 
 /// CI: every SmolLM2 golden prompt and both suites at T=4, with --ignore-eos and with a stop at
@@ -178,9 +197,13 @@ fn compare_request(
 #[test]
 fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
     use verispec::generate::request::Speculation;
-    let Some(engine) = smollm2_engine() else { return };
-    let mut prompts: Vec<(String, usize)> =
-        common::golden_records().into_iter().map(|r| (r.prompt, r.generated.len())).collect();
+    let Some(engine) = smollm2_engine() else {
+        return;
+    };
+    let mut prompts: Vec<(String, usize)> = common::golden_records()
+        .into_iter()
+        .map(|r| (r.prompt, r.generated.len()))
+        .collect();
     for suite in ["suites/code_edit.jsonl", "suites/open.jsonl"] {
         let p = common::workspace().join(suite);
         for s in verispec::bench::load_suite(&p).unwrap() {
@@ -190,13 +213,20 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
     let mut accepted = 0;
     for (prompt, n) in &prompts {
         for ignore_eos in [true, false] {
-            let spec = Speculation { verify_width: 4, exactness_guard: true, ..Default::default() };
+            let spec = Speculation {
+                verify_width: 4,
+                exactness_guard: true,
+                ..Default::default()
+            };
             let (g, s, a) = compare_request(&engine, prompt, *n, ignore_eos, spec);
             assert_eq!(g, s, "{prompt:?} ignore_eos={ignore_eos}");
             accepted += a;
         }
     }
-    assert!(accepted > 100, "almost no drafts accepted ({accepted}): the test proves little");
+    assert!(
+        accepted > 100,
+        "almost no drafts accepted ({accepted}): the test proves little"
+    );
 }
 
 /// The full matrix (opt-in): T = 2, 4, 8; n-gram ranges; adaptive on and off; EOS stop and
@@ -206,9 +236,13 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
 #[ignore]
 fn smollm2_speculative_full_matrix() {
     use verispec::generate::request::Speculation;
-    let Some(engine) = smollm2_engine() else { return };
-    let mut prompts: Vec<(String, usize)> =
-        common::golden_records().into_iter().map(|r| (r.prompt, r.generated.len())).collect();
+    let Some(engine) = smollm2_engine() else {
+        return;
+    };
+    let mut prompts: Vec<(String, usize)> = common::golden_records()
+        .into_iter()
+        .map(|r| (r.prompt, r.generated.len()))
+        .collect();
     for suite in ["suites/code_edit.jsonl", "suites/open.jsonl"] {
         for s in verispec::bench::load_suite(&common::workspace().join(suite)).unwrap() {
             prompts.push((s.prompt, s.n_gen));
