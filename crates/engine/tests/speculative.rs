@@ -272,3 +272,63 @@ fn smollm2_speculative_full_matrix() {
         }
     }
 }
+
+/// The guard really compares: a shadow session on a different compute path (f32 reference
+/// instead of int8) must be reported as a divergence at the first verified position.
+#[test]
+fn exactness_guard_reports_a_divergence() {
+    use verispec::synth::{synth, Preset, SynthOptions, SynthType};
+    let dir = std::env::temp_dir().join(format!("verispec-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("t.gguf");
+    let opts = SynthOptions {
+        preset: Preset::TinyPhi3,
+        ty: SynthType::Q8_0,
+        layers: Some(4),
+        seed: 1,
+    };
+    synth(&opts, &model, true, &mut |_, _| {}).unwrap();
+    let fast = Engine::load(
+        &model,
+        LoadOptions {
+            path: ComputePath::Fast,
+            threads: 2,
+            n_ctx: Some(128),
+        },
+    )
+    .unwrap();
+    let reference = Engine::load(
+        &model,
+        LoadOptions {
+            path: ComputePath::Reference,
+            threads: 2,
+            n_ctx: Some(128),
+        },
+    )
+    .unwrap();
+    let prompt = [5u32, 6, 7, 8].repeat(4);
+    let mut s = fast.new_session();
+    let mut shadow = reference.new_session();
+    let mut d = NgramDrafter::new(1, 8).unwrap();
+    let err = speculative(
+        &mut s,
+        &mut d,
+        &prompt,
+        20,
+        &SpecOptions::default(),
+        Some(&mut shadow),
+        |_| Flow::Continue,
+    )
+    .unwrap_err();
+    match err {
+        verispec::EngineError::Exactness(div) => {
+            assert_eq!(div.position, prompt.len());
+            assert_eq!(div.verify_row.len(), fast.cfg.n_vocab);
+            assert!(div
+                .summary()
+                .contains(&format!("position {}", prompt.len())));
+        }
+        other => panic!("expected an exactness error, got {other}"),
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

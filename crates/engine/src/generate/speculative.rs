@@ -62,6 +62,7 @@ pub struct Divergence {
 }
 
 impl Divergence {
+    /// The position, both argmaxes, the largest difference, and the top 5 of each row.
     pub fn summary(&self) -> String {
         let max = self
             .verify_row
@@ -69,12 +70,23 @@ impl Divergence {
             .zip(&self.sequential_row)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
+        let top = |row: &[f32]| {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            idx.iter()
+                .take(5)
+                .map(|&i| format!("{i}:{}", row[i]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         format!(
             "exactness guard: verify pass and sequential steps diverge at position {}: \
-             argmax {} vs {}, max |diff| {max:e}",
+             argmax {} vs {}, max |diff| {max:e}\n  verify row top-5:     {}\n  sequential row top-5: {}",
             self.position,
             argmax(&self.verify_row),
-            argmax(&self.sequential_row)
+            argmax(&self.sequential_row),
+            top(&self.verify_row),
+            top(&self.sequential_row)
         )
     }
 }
