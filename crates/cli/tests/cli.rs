@@ -285,3 +285,49 @@ fn synth_and_export_refuse_to_overwrite_without_force() {
     assert_eq!(json(&o)["pass"], true);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn chat_keeps_the_cache_between_turns() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("verispec-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("t.gguf");
+    let o = run(&[
+        "synth",
+        "--preset",
+        "tiny-phi3",
+        "--type",
+        "q8_0",
+        "-o",
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut child = bin()
+        .args(["chat", "--model", f.to_str().unwrap(), "-n", "8"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello there\nAnd again\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    let reused: Vec<usize> = e
+        .lines()
+        .filter_map(|l| l.split(", ").nth(2))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 2, "{e}");
+    assert_eq!(reused[0], 0);
+    assert!(
+        reused[1] > 5,
+        "the second turn should reuse the first turn's cache: {e}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
