@@ -57,19 +57,9 @@ fn spec_ids(
     (out, st.accepted)
 }
 
-/// A small deterministic generator for random prompts.
+/// Deterministic random prompts.
 fn lcg_prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 33) % vocab as u64) as u32
-        })
-        .collect()
+    verispec::validate::probe_ids(len, vocab as usize, seed)
 }
 
 #[test]

@@ -16,16 +16,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> CliResult {
     let f = GgufFile::open(&a.model).map_err(|e| fail(format!("{}: {e}", a.model.display())))?;
-    let arch = f.get_str("general.architecture").unwrap_or("").to_string();
+    let (arch, hparams) = f.arch_hparams();
     let prefix = format!("{arch}.");
-    let hparams: serde_json::Map<String, serde_json::Value> = f
-        .metadata
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&prefix)
-                .map(|s| (s.to_string(), v.to_json()))
-        })
-        .collect();
     let n_vocab = f
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.as_array())

@@ -189,6 +189,31 @@ impl GgufFile {
         }
     }
 
+    /// `general.architecture` (empty if absent) and its hyperparameters: every `{arch}.*` key
+    /// with the prefix removed, as JSON.
+    pub fn arch_hparams(
+        &self,
+    ) -> (
+        String,
+        std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        let arch = self
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let prefix = format!("{arch}.");
+        let hparams = self
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&prefix)
+                    .map(|s| (s.to_string(), v.to_json()))
+            })
+            .collect();
+        (arch, hparams)
+    }
+
     /// Total bytes of tensor data.
     pub fn tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.n_bytes).sum()

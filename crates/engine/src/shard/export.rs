@@ -359,16 +359,8 @@ pub fn export(
     if !report.missing.is_empty() {
         return Ok(report);
     }
+    let (_, hparams) = src.arch_hparams();
     let arch = cfg.arch.name();
-    let prefix = format!("{arch}.");
-    let hparams = src
-        .metadata
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(&prefix)
-                .map(|s| (s.to_string(), v.to_json()))
-        })
-        .collect();
     let m = Manifest {
         format: manifest::FORMAT.into(),
         version: manifest::VERSION,
