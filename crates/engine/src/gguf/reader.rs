@@ -21,7 +21,7 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub const MAX_DIMS: usize = 4;
 /// Arrays of arrays deeper than this are rejected (real files use depth 1).
-const MAX_ARRAY_DEPTH: usize = 8;
+pub const MAX_ARRAY_DEPTH: usize = 8;
 
 /// One tensor's header entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,7 +234,10 @@ impl GgufFile {
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let arr = self.get_array(key)?;
         arr.iter()
-            .map(|v| v.as_str().ok_or_else(|| Self::wrong(key, "an array of strings", v)))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| Self::wrong(key, "an array of strings", v))
+            })
             .collect()
     }
 
@@ -242,7 +245,10 @@ impl GgufFile {
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
         let arr = self.get_array(key)?;
         arr.iter()
-            .map(|v| v.as_f32().ok_or_else(|| Self::wrong(key, "an array of numbers", v)))
+            .map(|v| {
+                v.as_f32()
+                    .ok_or_else(|| Self::wrong(key, "an array of numbers", v))
+            })
             .collect()
     }
 
@@ -250,7 +256,10 @@ impl GgufFile {
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
         let arr = self.get_array(key)?;
         arr.iter()
-            .map(|v| v.as_i64().ok_or_else(|| Self::wrong(key, "an array of integers", v)))
+            .map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| Self::wrong(key, "an array of integers", v))
+            })
             .collect()
     }
 }
@@ -431,11 +440,10 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         }
         let type_id = c.u32(&|| format!("type of tensor {name:?}"))?;
         let offset = c.u64(&|| format!("offset of tensor {name:?}"))?;
-        let ggml_type =
-            GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-                tensor: name.clone(),
-                id: type_id,
-            })?;
+        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
+            tensor: name.clone(),
+            id: type_id,
+        })?;
         if shape.contains(&0) {
             return Err(GgufError::BadShape {
                 tensor: name,
@@ -448,7 +456,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             .ok_or_else(|| GgufError::ShapeOverflow {
                 tensor: name.clone(),
             })?;
-        if shape[0] % ggml_type.block_size() as u64 != 0 {
+        if !shape[0].is_multiple_of(ggml_type.block_size() as u64) {
             return Err(GgufError::BadShape {
                 tensor: name,
                 reason: format!(
