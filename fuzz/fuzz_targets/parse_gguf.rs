@@ -3,11 +3,29 @@
 //! parses back to the same metadata, tensor infos and tensor bytes.
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
 use libfuzzer_sys::fuzz_target;
 use verispec::gguf::{GgufFile, GgufWriter, Value};
 
+/// Parsing may allocate at most this many bytes per input byte (plus `ALLOC_SLACK`): one
+/// 32-byte `Value` per byte of a u8 array is the densest case (tests/gguf_malformed.rs).
+const ALLOC_FACTOR: usize = 36;
+const ALLOC_SLACK: usize = 64 << 10;
+
 fuzz_target!(|data: &[u8]| {
-    match GgufFile::from_bytes(data.to_vec()) {
+    let bytes = data.to_vec();
+    let base = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(base));
+    let parsed = GgufFile::from_bytes(bytes);
+    let peak = (PEAK.with(|p| p.get()) - base).max(0) as usize;
+    assert!(
+        peak <= ALLOC_FACTOR * data.len() + ALLOC_SLACK,
+        "parsing {} bytes allocated {peak} bytes",
+        data.len()
+    );
+    match parsed {
         Ok(f) => {
             touch(&f);
             round_trip(&f);
@@ -114,3 +132,42 @@ fn round_trip(f: &GgufFile) {
         assert_eq!(f.tensor_data(a), g.tensor_data(b));
     }
 }
+
+// Per-thread accounting of live heap bytes, to check the allocation bound above.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    let _ = LIVE.try_with(|l| {
+        let v = l.get() + delta;
+        l.set(v);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+    });
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        account(l.size() as isize);
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        account(l.size() as isize);
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        account(-(l.size() as isize));
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        account(new as isize - l.size() as isize);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;

@@ -4,6 +4,8 @@
 //! Malformed images are made by patching fields of a valid image at offsets found by
 //! `locate`, a small independent walker over the GGUF layout.
 
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
@@ -12,6 +14,57 @@ use verispec::gguf::writer::{f32_array, i32_array, str_array};
 use verispec::gguf::{
     parse_header, GgmlType, GgufError, GgufFile, GgufWriter, TensorInfo, Value, ValueType,
 };
+
+// ------------------------------------------------------------------------------------------
+// Allocation accounting: a per-thread peak of live heap bytes, so that parallel tests do not
+// disturb each other.
+// ------------------------------------------------------------------------------------------
+
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn account(delta: isize) {
+    let _ = LIVE.try_with(|l| {
+        let v = l.get() + delta;
+        l.set(v);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+    });
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
+        account(l.size() as isize);
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: AllocLayout) -> *mut u8 {
+        account(l.size() as isize);
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
+        account(-(l.size() as isize));
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: AllocLayout, new: usize) -> *mut u8 {
+        account(new as isize - l.size() as isize);
+        System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Peak heap bytes allocated on this thread by `f` beyond what was live when it started.
+fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(base));
+    let r = f();
+    (r, (PEAK.with(|p| p.get()) - base).max(0) as usize)
+}
 
 // ------------------------------------------------------------------------------------------
 // Valid images
@@ -1201,4 +1254,80 @@ fn fuzz_seeds_parse() {
         .iter()
         .any(|t| t.name == "rope_factors_long.weight"));
     expect_err(cut, "tensor_out_of_range");
+}
+
+// ------------------------------------------------------------------------------------------
+// Allocation bounds
+// ------------------------------------------------------------------------------------------
+
+/// Parsing allocates at most a constant factor of the input size, whatever the counts in the
+/// header claim. The factor is the size of a `Value` (32 bytes) per byte of a u8/i8/bool array,
+/// the densest encoding; everything else is smaller.
+#[test]
+fn allocation_is_bounded_by_input_size() {
+    const FACTOR: usize = 36;
+    const SLACK: usize = 64 << 10;
+    let img = sample_image();
+    let lay = locate(&img);
+    let mut inputs: Vec<(String, Vec<u8>)> = vec![("sample".into(), img.clone())];
+    // Counts patched to the largest values that still pass the "fits in the file" check, and
+    // to values just past it.
+    let len = img.len() as u64;
+    for (what, at) in [
+        ("n_tensors", N_TENSORS_AT),
+        ("n_kv", N_KV_AT),
+        ("u8 array", lay.kv("test.empty_arr").value_at + 4),
+        ("string array", lay.kv("tokenizer.ggml.tokens").value_at + 4),
+        ("array of arrays", lay.kv("test.nested").value_at + 4),
+        ("key length", lay.kvs[0].key_len_at),
+    ] {
+        for n in [len - at as u64 - 8, len, u64::MAX] {
+            inputs.push((
+                format!("{what} = {n}"),
+                patched(&img, |b| put_u64(b, at, n)),
+            ));
+        }
+    }
+    // A large u8 array (the densest metadata) and a deep chain of arrays.
+    let mut w = GgufWriter::new();
+    w.set_kv(
+        "big",
+        Value::Array(ValueType::U8, vec![Value::U8(1); 1 << 20]),
+    );
+    inputs.push(("1 MiB u8 array".into(), write_image(w).0));
+    let mut w = GgufWriter::new();
+    w.set_kv(
+        "big",
+        Value::Array(ValueType::U8, vec![Value::U8(1); 1 << 20]),
+    );
+    let mut big = write_image(w).0;
+    let at = locate(&big).kv("big").value_at;
+    for i in 0..7 {
+        put_u32(&mut big, at + 12 * i, ValueType::Array as u32);
+        put_u64(&mut big, at + 12 * i + 4, u64::MAX);
+    }
+    inputs.push(("array chain with huge counts".into(), big.clone()));
+    for i in 0..7 {
+        // Each level claims all that is left, the innermost is a u8 array.
+        let remaining = big.len() - (at + 12 * i + 12);
+        put_u64(&mut big, at + 12 * i + 4, (remaining / 12) as u64);
+    }
+    put_u32(&mut big, at + 12 * 7, ValueType::U8 as u32);
+    let rest = (big.len() - at - 12 * 8) as u64;
+    put_u64(&mut big, at + 12 * 7 + 4, rest);
+    inputs.push(("array chain, counts near the limit".into(), big));
+    // The real tokenizer-carrying header.
+    let (phi3, _) = phi3_seeds();
+    inputs.push(("tiny-phi3 metadata".into(), phi3));
+
+    for (what, bytes) in inputs {
+        let n = bytes.len();
+        let (r, peak) = peak_alloc(|| GgufFile::from_bytes(bytes).map(|f| f.metadata.len()));
+        let bound = FACTOR * n + SLACK;
+        assert!(
+            peak <= bound,
+            "{what}: {peak} bytes allocated for a {n}-byte input ({r:?})"
+        );
+        eprintln!("{what}: {n} bytes in, peak {peak} bytes allocated ({r:?})");
+    }
 }
