@@ -82,6 +82,17 @@ fn touch(f: &GgufFile) {
         let sum = d.iter().fold(0u64, |a, &b| a.wrapping_add(b as u64));
         std::hint::black_box(sum);
     }
+    // No two tensors share a byte of the data section.
+    let mut spans: Vec<(u64, u64)> = f
+        .tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.n_bytes))
+        .collect();
+    spans.sort_unstable();
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "overlap: {spans:?}"
+    );
     std::hint::black_box(f.tensor_bytes());
 }
 

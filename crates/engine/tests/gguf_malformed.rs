@@ -1331,3 +1331,114 @@ fn allocation_is_bounded_by_input_size() {
         eprintln!("{what}: {n} bytes in, peak {peak} bytes allocated ({r:?})");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Exhaustive small mutations (a deterministic mini-fuzz that runs in `cargo test`)
+// ------------------------------------------------------------------------------------------
+
+/// What the fuzz target checks on an accepted file: every tensor slice is in bounds and
+/// disjoint from the others, and the writer re-writes the file into one that parses back the same.
+fn check_accepted(f: &GgufFile) {
+    let mut spans = Vec::new();
+    for t in &f.tensors {
+        assert_eq!(f.tensor_data(t).len() as u64, t.n_bytes);
+        assert_eq!(t.offset % f.alignment, 0);
+        spans.push((t.offset, t.offset + t.n_bytes));
+    }
+    spans.sort_unstable();
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "overlap: {spans:?}"
+    );
+    let again = parse_ok(rewrite(f));
+    assert_same_file(f, &again);
+}
+
+#[test]
+fn single_byte_mutations_never_panic() {
+    let img = sample_image();
+    let header_end = locate(&img).header_end;
+    let (mut ok, mut err) = (0, 0);
+    // Every header byte, and a sample of data bytes.
+    let offsets = (0..header_end).chain((header_end..img.len()).step_by(7));
+    for at in offsets {
+        let orig = img[at];
+        let mut values: Vec<u8> = (0..8).map(|bit| orig ^ (1 << bit)).collect();
+        values.extend([0x00, 0xff, 0x7f, 0x80]);
+        for v in values {
+            if v == orig {
+                continue;
+            }
+            let b = patched(&img, |b| b[at] = v);
+            match catch_unwind(AssertUnwindSafe(|| GgufFile::from_bytes(b))) {
+                Err(_) => panic!("panic with byte {at} set to {v:#04x}"),
+                Ok(Ok(f)) => {
+                    check_accepted(&f);
+                    ok += 1;
+                }
+                Ok(Err(e)) => {
+                    assert!(!e.to_string().is_empty());
+                    err += 1;
+                }
+            }
+        }
+    }
+    assert!(ok > 0 && err > 0, "{ok} accepted, {err} rejected");
+}
+
+#[test]
+fn word_overwrites_never_panic() {
+    // Boundary u32 and u64 values written at every offset of the header.
+    let img = sample_image();
+    let header_end = locate(&img).header_end;
+    let words32 = [
+        0u32,
+        1,
+        2,
+        3,
+        4,
+        8,
+        9,
+        12,
+        13,
+        31,
+        32,
+        255,
+        0x8000_0000,
+        u32::MAX,
+    ];
+    let words64 = [
+        0u64,
+        1,
+        31,
+        32,
+        4096,
+        1 << 32,
+        1 << 62,
+        1 << 63,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+    for at in 0..header_end {
+        for &v in &words32 {
+            if at + 4 <= img.len() {
+                let b = patched(&img, |b| put_u32(b, at, v));
+                let r = catch_unwind(AssertUnwindSafe(|| GgufFile::from_bytes(b)));
+                match r.unwrap_or_else(|_| panic!("panic with u32 {v:#x} at {at}")) {
+                    Ok(f) => check_accepted(&f),
+                    Err(e) => assert!(!e.to_string().is_empty()),
+                }
+            }
+        }
+        for &v in &words64 {
+            if at + 8 <= img.len() {
+                let b = patched(&img, |b| put_u64(b, at, v));
+                let r = catch_unwind(AssertUnwindSafe(|| GgufFile::from_bytes(b)));
+                match r.unwrap_or_else(|_| panic!("panic with u64 {v:#x} at {at}")) {
+                    Ok(f) => check_accepted(&f),
+                    Err(e) => assert!(!e.to_string().is_empty()),
+                }
+            }
+        }
+    }
+}
