@@ -21,7 +21,7 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub const MAX_DIMS: usize = 4;
 /// Arrays of arrays deeper than this are rejected (real files use depth 1).
-const MAX_ARRAY_DEPTH: usize = 8;
+pub const MAX_ARRAY_DEPTH: usize = 8;
 
 /// One tensor's header entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -417,7 +417,16 @@ impl<'a> Cursor<'a> {
                     t => t.scalar_size().unwrap_or(1) as u64,
                 };
                 let n = self.count(min, &|| format!("array length of {key:?}"))?;
-                let mut items = Vec::with_capacity(n as usize);
+                // Reserve up front only for scalar and string items, whose bytes the count
+                // check has seen. An array item may be far larger than its 12-byte minimum, so
+                // arrays of arrays grow as their items parse: reserving `n` at every level of a
+                // nest let a file reserve ~50x its size instead of ~32x (one Value per byte).
+                let reserve = if ety == ValueType::Array {
+                    n.min(1024)
+                } else {
+                    n
+                };
+                let mut items = Vec::with_capacity(reserve as usize);
                 for _ in 0..n {
                     items.push(self.value(ety, key, depth + 1)?);
                 }

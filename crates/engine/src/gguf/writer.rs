@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::error::GgufError;
-use super::reader::{TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
+use super::reader::{TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use super::types::GgmlType;
 use super::value::{Value, ValueType};
 
@@ -26,6 +26,12 @@ impl Default for GgufWriter {
 fn werr(msg: impl Into<String>) -> GgufError {
     GgufError::Write(msg.into())
 }
+
+fn valid_alignment(a: u64) -> bool {
+    a != 0 && a.is_power_of_two() && a <= 65536
+}
+
+const ALIGNMENT_KEY: &str = "general.alignment";
 
 impl GgufWriter {
     pub fn new() -> GgufWriter {
@@ -49,24 +55,34 @@ impl GgufWriter {
 
     /// Set `general.alignment`. Must be called before any tensor is added.
     pub fn set_alignment(&mut self, alignment: u64) -> Result<(), GgufError> {
-        if alignment == 0 || !alignment.is_power_of_two() || alignment > 65536 {
+        if !valid_alignment(alignment) {
             return Err(GgufError::BadAlignment(alignment));
         }
         if !self.tensors.is_empty() {
             return Err(werr("set_alignment after tensors were added"));
         }
         self.alignment = alignment;
-        self.metadata.retain(|(k, _)| k != "general.alignment");
+        self.metadata.retain(|(k, _)| k != ALIGNMENT_KEY);
         if alignment != DEFAULT_ALIGNMENT {
             self.metadata
-                .push(("general.alignment".into(), Value::U32(alignment as u32)));
+                .push((ALIGNMENT_KEY.into(), Value::U32(alignment as u32)));
         }
         Ok(())
     }
 
     /// Add or replace a metadata key.
+    ///
+    /// Setting `general.alignment` to a valid alignment before any tensor is added also sets the
+    /// alignment the tensors are laid out with (as `set_alignment` does, but keeping the value's
+    /// type), so copying every key of an existing file gives a consistent file. An invalid value,
+    /// or one set after tensors were added, is reported by `begin`.
     pub fn set_kv(&mut self, key: impl Into<String>, value: Value) {
         let key = key.into();
+        if key == ALIGNMENT_KEY && self.tensors.is_empty() {
+            if let Some(a) = value.as_u64().filter(|&a| valid_alignment(a)) {
+                self.alignment = a;
+            }
+        }
         if let Some(slot) = self.metadata.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
         } else {
@@ -114,7 +130,12 @@ impl GgufWriter {
                 tensor: name.clone(),
             })?;
         let offset = self.next_offset;
-        self.next_offset = (offset + n_bytes).div_ceil(self.alignment) * self.alignment;
+        self.next_offset = offset
+            .checked_add(n_bytes)
+            .and_then(|end| end.div_ceil(self.alignment).checked_mul(self.alignment))
+            .ok_or_else(|| GgufError::ShapeOverflow {
+                tensor: name.clone(),
+            })?;
         self.tensors.push(TensorInfo {
             name,
             shape: shape.to_vec(),
@@ -125,7 +146,43 @@ impl GgufWriter {
         Ok(self.tensors.last().expect("just pushed"))
     }
 
-    /// The header bytes, padded to the start of the data section.
+    /// Check that the metadata can be written as a file the reader accepts: every array's items
+    /// have its declared element type, arrays nest at most as deep as the reader allows, and
+    /// `general.alignment`, if present, is a valid alignment equal to the one tensors were laid
+    /// out with.
+    pub fn validate(&self) -> Result<(), GgufError> {
+        for (k, v) in &self.metadata {
+            check_value(k, v, 0)?;
+        }
+        match self.metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
+            None if self.alignment != DEFAULT_ALIGNMENT => Err(werr(format!(
+                "tensors are laid out with alignment {} but {ALIGNMENT_KEY} is missing",
+                self.alignment
+            ))),
+            None => Ok(()),
+            Some((_, v)) => {
+                let a = v.as_u64().ok_or_else(|| GgufError::WrongType {
+                    key: ALIGNMENT_KEY.into(),
+                    expected: "an unsigned integer",
+                    found: v.value_type().name().into(),
+                })?;
+                if !valid_alignment(a) {
+                    return Err(GgufError::BadAlignment(a));
+                }
+                if a != self.alignment {
+                    return Err(werr(format!(
+                        "{ALIGNMENT_KEY} is {a} but tensors were laid out with alignment {} \
+                         (set it before adding tensors)",
+                        self.alignment
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The header bytes, padded to the start of the data section. Call `validate` (as `begin`
+    /// does) to make sure they form a file the reader accepts.
     pub fn header_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&GGUF_MAGIC);
@@ -163,6 +220,7 @@ impl GgufWriter {
 
     /// Write the header and return a writer that takes the tensor data in order.
     pub fn begin<W: Write>(self, mut w: W) -> Result<TensorDataWriter<W>, GgufError> {
+        self.validate()?;
         w.write_all(&self.header_bytes())
             .map_err(|e| werr(format!("writing header: {e}")))?;
         Ok(TensorDataWriter {
@@ -268,11 +326,33 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(&(*ety as u32).to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for it in items {
-                debug_assert!(it.value_type() == *ety || *ety == ValueType::Array);
                 put_value(out, it);
             }
         }
     }
+}
+
+/// Arrays must hold items of their declared element type and nest at most `MAX_ARRAY_DEPTH`
+/// deep; anything else would be written as bytes that do not parse back.
+fn check_value(key: &str, v: &Value, depth: usize) -> Result<(), GgufError> {
+    if let Value::Array(ety, items) = v {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(werr(format!(
+                "metadata key {key:?}: arrays nest more than {MAX_ARRAY_DEPTH} deep"
+            )));
+        }
+        for it in items {
+            if it.value_type() != *ety {
+                return Err(werr(format!(
+                    "metadata key {key:?}: array of {} holds a {}",
+                    ety.name(),
+                    it.value_type().name()
+                )));
+            }
+            check_value(key, it, depth + 1)?;
+        }
+    }
+    Ok(())
 }
 
 /// Convenience constructors for metadata arrays.
