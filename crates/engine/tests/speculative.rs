@@ -182,11 +182,12 @@ fn compare_request(
     )
 }
 
-/// CI: every SmolLM2 golden prompt and both suites at T=4, with --ignore-eos and with a stop at
-/// end-of-generation, exactness guard on.
+/// CI: every SmolLM2 golden prompt and both suites at T=4. Greedy runs once with
+/// --ignore-eos; speculative runs with --ignore-eos (must equal it) and with a stop at
+/// end-of-generation (must equal its prefix through the first end-of-generation token).
 #[test]
 fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
-    use verispec::generate::request::Speculation;
+    use verispec::generate::request::{generate, GenRequest, Speculation};
     let Some(engine) = smollm2_engine() else {
         return;
     };
@@ -202,16 +203,36 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
     }
     let mut accepted = 0;
     for (prompt, n) in &prompts {
-        for ignore_eos in [true, false] {
-            let spec = Speculation {
-                verify_width: 4,
-                exactness_guard: true,
-                ..Default::default()
-            };
-            let (g, s, a) = compare_request(&engine, prompt, *n, ignore_eos, spec);
-            assert_eq!(g, s, "{prompt:?} ignore_eos={ignore_eos}");
-            accepted += a;
-        }
+        let ids = engine.tokenizer.encode(prompt, true, true);
+        let mut req = GenRequest {
+            max_tokens: *n,
+            ignore_eos: true,
+            stop: vec![],
+            speculative: None,
+        };
+        let greedy = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
+        req.speculative = Some(Speculation {
+            verify_width: 4,
+            ..Default::default()
+        });
+        let spec = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
+        assert_eq!(
+            greedy.generated_ids, spec.generated_ids,
+            "{prompt:?} (--ignore-eos)"
+        );
+        accepted += spec.spec.map_or(0, |s| s.accepted);
+        req.ignore_eos = false;
+        let stopped = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
+        let end = greedy
+            .generated_ids
+            .iter()
+            .position(|&t| engine.tokenizer.is_eog(t))
+            .map_or(greedy.generated_ids.len(), |i| i + 1);
+        assert_eq!(
+            stopped.generated_ids,
+            greedy.generated_ids[..end],
+            "{prompt:?} (stop at EOS)"
+        );
     }
     assert!(
         accepted > 100,
