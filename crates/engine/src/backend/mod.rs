@@ -67,6 +67,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
     );
     /// out[t][o] = dot(m[o], x[t]). x: [n_rows, n_in], out: [n_rows, n_out]
     fn matmul(&self, m: &Self::Matrix, x: &Self::Buf, n_rows: usize, out: &mut Self::Buf);
+    /// `outs[i] = ms[i] x` for several matrices sharing one input (Q/K/V, gate/up): each
+    /// result must be exactly what [`Backend::matmul`] gives; a backend may quantize the
+    /// input once and dispatch all of them together.
+    fn matmul_multi(
+        &self,
+        ms: &[&Self::Matrix],
+        x: &Self::Buf,
+        n_rows: usize,
+        outs: &mut [&mut Self::Buf],
+    ) {
+        assert_eq!(ms.len(), outs.len());
+        for (m, out) in ms.iter().zip(outs.iter_mut()) {
+            self.matmul(m, x, n_rows, out);
+        }
+    }
+    /// Runs `f` in the backend's execution context (the CPU backend runs a whole pass on its
+    /// worker pool, so the ops inside do not cross threads to start and finish each op).
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
     /// Copy columns [col, col+width) of src [n_rows, src_width] into dst [n_rows, width].
     fn copy_cols(
         &self,

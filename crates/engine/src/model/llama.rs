@@ -64,13 +64,20 @@ impl<B: Backend> LlamaLayer<B> {
     ) {
         let n = step.n_rows;
         b.rms_norm(&s.x, &self.attn_norm, cfg.rms_eps, n, &mut s.h);
-        b.matmul(&self.attn_q, &s.h, n, &mut s.q);
-        b.matmul(&self.attn_k, &s.h, n, &mut s.k);
-        b.matmul(&self.attn_v, &s.h, n, &mut s.v);
+        b.matmul_multi(
+            &[&self.attn_q, &self.attn_k, &self.attn_v],
+            &s.h,
+            n,
+            &mut [&mut s.q, &mut s.k, &mut s.v],
+        );
         attention_block(b, cfg, step, s, kv, &self.attn_output);
         b.rms_norm(&s.x, &self.ffn_norm, cfg.rms_eps, n, &mut s.h);
-        b.matmul(&self.ffn_gate, &s.h, n, &mut s.gate);
-        b.matmul(&self.ffn_up, &s.h, n, &mut s.up);
+        b.matmul_multi(
+            &[&self.ffn_gate, &self.ffn_up],
+            &s.h,
+            n,
+            &mut [&mut s.gate, &mut s.up],
+        );
         ffn_block(b, cfg, n, s, &self.ffn_down);
     }
 }

@@ -239,16 +239,8 @@ impl<B: Backend> Shard<B> {
     }
 }
 
-impl<B: Backend> ShardRunner for Shard<B> {
-    fn spec(&self) -> &ShardSpec {
-        &self.weights.spec
-    }
-
-    fn device(&self) -> String {
-        self.backend.device_name()
-    }
-
-    fn forward(
+impl<B: Backend> Shard<B> {
+    fn forward_inner(
         &mut self,
         input: &Activations,
         pos0: usize,
@@ -351,6 +343,28 @@ impl<B: Backend> ShardRunner for Shard<B> {
         } else {
             ShardOutput::Hidden(hidden_out)
         })
+    }
+}
+
+impl<B: Backend> ShardRunner for Shard<B> {
+    fn spec(&self) -> &ShardSpec {
+        &self.weights.spec
+    }
+
+    fn device(&self) -> String {
+        self.backend.device_name()
+    }
+
+    fn forward(
+        &mut self,
+        input: &Activations,
+        pos0: usize,
+        set: RopeSet,
+        rope: &RopeTable,
+        logits: LogitRows,
+    ) -> Result<ShardOutput, EngineError> {
+        let backend = self.backend.clone();
+        backend.scope(|| self.forward_inner(input, pos0, set, rope, logits))
     }
 
     fn kv_len(&self) -> usize {

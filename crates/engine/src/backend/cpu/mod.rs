@@ -32,6 +32,8 @@ pub struct CpuBackend {
     path: ComputePath,
     pool: std::sync::Arc<rayon::ThreadPool>,
     counts: [AtomicU64; OPS.len()],
+    /// Quantized-activation buffers reused by every matmul (no allocation per call).
+    acts: std::sync::Mutex<kernels::QuantizedActs>,
 }
 
 /// A weight matrix `[n_out, n_in]`.
@@ -46,6 +48,13 @@ pub struct CpuVector(pub Vec<f32>);
 
 impl CpuBackend {
     pub fn new(path: ComputePath, threads: usize) -> Result<CpuBackend, EngineError> {
+        // Tuning knob for benchmarks (results never depend on it).
+        if let Some(b) = std::env::var("VERISPEC_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            kernels::set_prefetch_distance(b);
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("verispec-cpu-{i}"))
@@ -55,6 +64,7 @@ impl CpuBackend {
             path,
             pool: std::sync::Arc::new(pool),
             counts: Default::default(),
+            acts: Default::default(),
         })
     }
 
@@ -65,6 +75,7 @@ impl CpuBackend {
             path: self.path,
             pool: self.pool.clone(),
             counts: Default::default(),
+            acts: Default::default(),
         }
     }
 
@@ -245,10 +256,59 @@ impl Backend for CpuBackend {
             CpuMatrix::Packed(p) => {
                 // Activations are quantized per row (int8 per 32-block, f32 scale), so a row's
                 // result never depends on the other rows.
-                let acts = kernels::QuantizedActs::quantize(&x[..n_rows * n_in], n_rows, n_in);
+                let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+                acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
                 kernels::matmul_pool(&self.pool, p, &acts, n_rows, &mut out[..n_rows * n_out]);
             }
         }
+    }
+
+    fn matmul_multi(
+        &self,
+        ms: &[&CpuMatrix],
+        x: &Vec<f32>,
+        n_rows: usize,
+        outs: &mut [&mut Vec<f32>],
+    ) {
+        assert_eq!(ms.len(), outs.len());
+        let packed: Option<Vec<&kernels::PackedMatrix>> = ms
+            .iter()
+            .map(|m| match m {
+                CpuMatrix::Packed(p) => Some(p),
+                CpuMatrix::Reference(_) => None,
+            })
+            .collect();
+        let n_in = packed
+            .as_ref()
+            .and_then(|p| p.first())
+            .map(|p| p.n_in())
+            .unwrap_or(0);
+        match packed {
+            // One quantization of the shared input, one parallel dispatch for all matrices;
+            // each output row is computed exactly as `matmul` computes it.
+            Some(ps) if ps.iter().all(|p| p.n_in() == n_in) && !ps.is_empty() => {
+                for _ in &ps {
+                    self.count("matmul");
+                }
+                let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
+                acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
+                let mut dst: Vec<&mut [f32]> = outs
+                    .iter_mut()
+                    .zip(&ps)
+                    .map(|(o, p)| &mut o[..n_rows * p.n_out()])
+                    .collect();
+                kernels::matmul_pool_multi(&self.pool, &ps, &acts, n_rows, &mut dst);
+            }
+            _ => {
+                for (m, out) in ms.iter().zip(outs.iter_mut()) {
+                    self.matmul(m, x, n_rows, out);
+                }
+            }
+        }
+    }
+
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
     }
 
     fn copy_cols(

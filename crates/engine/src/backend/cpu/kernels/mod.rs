@@ -88,6 +88,27 @@ pub(crate) fn interleaved_offset(nb: usize, b: usize, k: usize) -> usize {
     g0 * QK + (k / 4) * 4 * g + 4 * (b - g0) + k % 4
 }
 
+/// `v.round() as i8` (half away from zero, saturating) without a libm call; non-finite
+/// `v` gives 0 (as before: never UB). Exact: `v - trunc(v)` is exact for |v| < 2^23.
+#[inline(always)]
+fn round_half_away(v: f32) -> i8 {
+    if !v.is_finite() {
+        return 0;
+    }
+    // Beyond +-200 the result saturates anyway; clamping keeps `i + 1` far from overflow.
+    let v = v.clamp(-200.0, 200.0);
+    let i = v as i32; // truncation toward zero
+    let f = v - i as f32;
+    let r = if f >= 0.5 {
+        i + 1
+    } else if f <= -0.5 {
+        i - 1
+    } else {
+        i
+    };
+    r.clamp(-128, 127) as i8 // as `f32 as i8` saturates
+}
+
 /// Activations `[n_rows, n_in]` quantized per row to int8 blocks of 32 with one f32 scale per
 /// block: `d = amax / 127`, `q = round(x / d)` (half away from zero); an all-zero block has
 /// `d = 0`. Each row depends only on its own values. Quants are stored group-interleaved
@@ -148,13 +169,16 @@ impl QuantizedActs {
                 let mut q = [0i8; QK];
                 if d != 0.0 {
                     for (qk, &v) in q.iter_mut().zip(xb) {
-                        let r = (v / d).round();
-                        // |r| <= 127 for finite input; non-finite input gives 0 (never UB).
-                        *qk = if r.is_finite() { r as i8 } else { 0 };
+                        *qk = round_half_away(v / d);
                     }
                 }
-                for (k, &qk) in q.iter().enumerate() {
-                    qr[interleaved_offset(nb, b, k)] = qk;
+                // Granule k (4 bytes) of block b goes to interleaved_offset(nb, b, 4k).
+                let g0 = b / GROUP * GROUP;
+                let g = (nb - g0).min(GROUP);
+                let base = g0 * QK + 4 * (b - g0);
+                for k in 0..QK / 4 {
+                    qr[base + k * 4 * g..base + k * 4 * g + 4]
+                        .copy_from_slice(&q[4 * k..4 * k + 4]);
                 }
                 let lo: i32 = q[..16].iter().map(|&v| v as i32).sum();
                 let hi: i32 = q[16..].iter().map(|&v| v as i32).sum();
@@ -452,6 +476,49 @@ pub fn matmul_pool(
         use rayon::prelude::*;
         pool.install(|| (0..n).into_par_iter().for_each(f))
     })
+}
+
+/// Several matrices with the same `n_in` against the same activations (Q/K/V, gate/up), in one
+/// parallel dispatch: `outs[i] = ws[i] x`. Every output row is computed by the same kernel call
+/// sequence as in [`matmul`], so the results are bit-identical to separate calls.
+pub fn matmul_pool_multi(
+    pool: &rayon::ThreadPool,
+    ws: &[&PackedMatrix],
+    x: &QuantizedActs,
+    n_rows: usize,
+    outs: &mut [&mut [f32]],
+) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    let path = KernelPath::detect();
+    assert!(path.is_available());
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        check_shapes(w, x, n_rows, out);
+    }
+    let total: usize = ws.iter().map(|w| w.n_out()).sum();
+    let chunk = rows_per_task(total, pool.current_num_threads());
+    // (matrix, row range) tasks; every output row belongs to exactly one task.
+    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (i, w) in ws.iter().enumerate() {
+        let mut r = 0;
+        while r < w.n_out() {
+            let e = (r + chunk).min(w.n_out());
+            tasks.push((i, r..e));
+            r = e;
+        }
+    }
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let run = |k: usize| {
+        let (i, rows) = tasks[k].clone();
+        // SAFETY: tasks cover disjoint row ranges of each output, each run once; `outs` is
+        // borrowed mutably for the whole call.
+        unsafe { run_rows(path, ws[i], x, n_rows, rows, ptrs[i]) }
+    };
+    if tasks.len() == 1 {
+        run(0);
+    } else {
+        use rayon::prelude::*;
+        pool.install(|| (0..tasks.len()).into_par_iter().for_each(run));
+    }
 }
 
 /// The generic threaded entry point: output rows are cut into chunks of `rows_per_chunk`,

@@ -177,7 +177,7 @@ fn widths(ty: GgmlType) -> Vec<usize> {
     if ty.block_size() == 256 {
         vec![256, 768, 2048]
     } else {
-        vec![32, 576, 800, 3072]
+        vec![32, 64, 128, 256, 576, 640, 768, 800, 3072]
     }
 }
 
@@ -473,5 +473,50 @@ fn zero_activations_give_zero() {
             let out = run(p, &w, &x, 2);
             assert!(out.iter().all(|v| v.to_bits() == 0), "{ty} {}", p.name());
         }
+    }
+}
+
+#[test]
+fn round_half_away_matches_f32_round() {
+    let check = |v: f32| {
+        let want = if v.round().is_finite() {
+            v.round() as i8
+        } else {
+            0
+        };
+        assert_eq!(super::round_half_away(v), want, "v = {v:e}");
+    };
+    // Every half and its neighbours, then a dense sample of all floats up to 127.5.
+    for i in -256..=256 {
+        let h = i as f32 * 0.5;
+        for v in [
+            h,
+            f32::from_bits(h.to_bits() + 1),
+            f32::from_bits(h.to_bits().max(1) - 1),
+        ] {
+            if v.abs() <= 127.5 {
+                check(v);
+            }
+        }
+    }
+    let top = 127.5f32.to_bits();
+    let mut b = 0u32;
+    while b <= top {
+        check(f32::from_bits(b));
+        check(-f32::from_bits(b));
+        b += 61;
+    }
+    for v in [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        3e9,
+        -3e9,
+        1e38,
+        128.4,
+    ] {
+        check(v);
     }
 }

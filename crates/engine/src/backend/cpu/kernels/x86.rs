@@ -172,6 +172,110 @@ unsafe fn per_superblock(d0: f32, d1: f32) -> __m512 {
     _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(d0), _mm512_set1_ps(d1))
 }
 
+/// Whether a short group of `g` blocks takes the compact path ([`fold_lanes`]).
+#[inline(always)]
+fn compact(g: usize) -> bool {
+    g < GROUP && matches!(g, 2 | 4 | 8)
+}
+
+/// For a short group of `g` blocks (`g` in 2, 4, 8) the interleaved quants are contiguous:
+/// 4-byte lane `L` of the group's bytes belongs to block `L % g`. Full-width `vpdpbusd` over
+/// them leaves per-lane partial sums; this adds lanes `j, j+g, j+2g, ...` into lane `j` (exact
+/// integer sums) and zeroes lanes `g..16`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn fold_lanes(v: __m512i, g: usize) -> __m512i {
+    let a = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+    if g == 8 {
+        return _mm512_zextsi256_si512(a);
+    }
+    let b = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+    if g == 4 {
+        return _mm512_zextsi128_si512(b);
+    }
+    // g == 2: lanes 0, 1 = b0 + b2, b1 + b3.
+    let c = _mm_add_epi32(b, _mm_unpackhi_epi64(b, b));
+    _mm512_zextsi128_si512(_mm_move_epi64(c))
+}
+
+/// [`nibble_dots512`] for a short group of `g` (2, 4, 8) blocks: the low nibbles of the
+/// group's `16 g` nibble bytes pair with activation bytes `0..16 g`, the high nibbles with
+/// `16 g..32 g`, so `g / 2` full-width `vpdpbusd` per row cover the group.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn nibble_dots_compact<const NT: usize>(
+    qp: *const u8,
+    x: &Xp<NT>,
+    b0: usize,
+    g: usize,
+) -> [__m512i; NT] {
+    let m0f = _mm512_set1_epi8(0x0f);
+    let mut w = [_mm512_setzero_si512(); 4];
+    let nc = match g {
+        2 => {
+            let n = _mm256_loadu_si256(qp as *const __m256i);
+            let m = _mm256_set1_epi8(0x0f);
+            let lo = _mm256_and_si256(n, m);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(n), m);
+            w[0] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            1
+        }
+        4 => {
+            let n = _mm512_loadu_si512(qp as *const _);
+            w[0] = _mm512_and_si512(n, m0f);
+            w[1] = _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f);
+            2
+        }
+        _ => {
+            let n0 = _mm512_loadu_si512(qp as *const _);
+            let n1 = _mm512_loadu_si512(qp.add(64) as *const _);
+            w[0] = _mm512_and_si512(n0, m0f);
+            w[1] = _mm512_and_si512(n1, m0f);
+            w[2] = _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m0f);
+            w[3] = _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m0f);
+            4
+        }
+    };
+    let mut out = [_mm512_setzero_si512(); NT];
+    for t in 0..NT {
+        let xq = x.q[t].add(b0 * QK);
+        let mut acc = _mm512_setzero_si512();
+        for c in 0..nc {
+            acc = _mm512_dpbusd_epi32(acc, w[c], _mm512_loadu_si512(xq.add(64 * c) as *const _));
+        }
+        out[t] = fold_lanes(acc, g);
+    }
+    out
+}
+
+/// Q8_0 raw `sum((w + 128) * x)` per block for a short group of `g` (2, 4, 8) blocks: weight
+/// and activation quants have the same interleaved layout, `g / 2` full-width `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn q8_dots_compact<const NT: usize>(
+    qp: *const u8,
+    x: &Xp<NT>,
+    b0: usize,
+    g: usize,
+) -> [__m512i; NT] {
+    let x80 = _mm512_set1_epi8(0x80u8 as i8);
+    let nc = g / 2;
+    let mut w = [_mm512_setzero_si512(); 4];
+    for c in 0..nc {
+        w[c] = _mm512_xor_si512(_mm512_loadu_si512(qp.add(64 * c) as *const _), x80);
+    }
+    let mut out = [_mm512_setzero_si512(); NT];
+    for t in 0..NT {
+        let xq = x.q[t].add(b0 * QK);
+        let mut acc = _mm512_setzero_si512();
+        for c in 0..nc {
+            acc = _mm512_dpbusd_epi32(acc, w[c], _mm512_loadu_si512(xq.add(64 * c) as *const _));
+        }
+        out[t] = fold_lanes(acc, g);
+    }
+    out
+}
+
 macro_rules! finish512 {
     ($acc:ident, $o:ident, $r:ident, $nt:ident) => {
         for t in 0..$nt {
@@ -194,19 +298,22 @@ unsafe fn q8_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             let m = mask16(g);
             let dw = f16x16(wp, m);
             let qp = wp.add(2 * g);
-            let mut isum = [[_mm512_setzero_si512(); NT]; 2];
-            for k in 0..8 {
-                let wq = _mm512_xor_si512(
-                    _mm512_maskz_loadu_epi32(m, qp.add(k * 4 * g) as *const i32),
-                    x80,
-                );
-                for t in 0..NT {
-                    isum[k % 2][t] =
-                        _mm512_dpbusd_epi32(isum[k % 2][t], wq, xgran(x.q[t], b0, g, k, m));
+            let isum: [__m512i; NT] = if compact(g) {
+                q8_dots_compact(qp, x, b0, g)
+            } else {
+                let mut isum = [[_mm512_setzero_si512(); NT]; 2];
+                for k in 0..8 {
+                    let wq = _mm512_xor_si512(
+                        _mm512_maskz_loadu_epi32(m, qp.add(k * 4 * g) as *const i32),
+                        x80,
+                    );
+                    for t in 0..NT {
+                        isum[k % 2][t] =
+                            _mm512_dpbusd_epi32(isum[k % 2][t], wq, xgran(x.q[t], b0, g, k, m));
+                    }
                 }
-            }
-            let isum: [__m512i; NT] =
-                std::array::from_fn(|t| _mm512_add_epi32(isum[0][t], isum[1][t]));
+                std::array::from_fn(|t| _mm512_add_epi32(isum[0][t], isum[1][t]))
+            };
             for t in 0..NT {
                 let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
                 let is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<7>(xs));
@@ -263,7 +370,11 @@ unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             prefetch(wp, pf, 18 * g);
             let m = mask16(g);
             let dw = f16x16(wp, m);
-            let isum = nibble_dots512(wp.add(2 * g), x, b0, g, m);
+            let isum = if compact(g) {
+                nibble_dots_compact(wp.add(2 * g), x, b0, g)
+            } else {
+                nibble_dots512(wp.add(2 * g), x, b0, g, m)
+            };
             for t in 0..NT {
                 let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
                 let is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<3>(xs));
@@ -291,7 +402,11 @@ unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             let m = mask16(g);
             let dw = f16x16(wp, m);
             let mw = f16x16(wp.add(2 * g), m);
-            let isum = nibble_dots512(wp.add(4 * g), x, b0, g, m);
+            let isum = if compact(g) {
+                nibble_dots_compact(wp.add(4 * g), x, b0, g)
+            } else {
+                nibble_dots512(wp.add(4 * g), x, b0, g, m)
+            };
             for t in 0..NT {
                 let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
                 let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
