@@ -90,8 +90,65 @@ impl CpuBackend {
     }
 }
 
+thread_local! {
+    /// Attention scores of one (row, head), reused by each worker thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One (row, head) of causal attention: keys `0..=pos` in order, whatever `T` and the thread.
+struct Attend<'a> {
+    qh: &'a [f32],
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    /// Offset of the KV head inside a cache row.
+    off: usize,
+    kv_width: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+impl Attend<'_> {
+    /// The same scalar code compiled with AVX2 enabled: the compiler may use wider vectors for
+    /// the lane-wise loops of `dot_f32` and the V accumulation, never FMA (Rust does not
+    /// contract `a * b + c`), so the bits are those of [`Attend::run`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, scores: &mut Vec<f32>, pos: usize, o: &mut [f32]) {
+        self.run(scores, pos, o)
+    }
+
+    #[inline(always)]
+    fn run(&self, scores: &mut Vec<f32>, pos: usize, o: &mut [f32]) {
+        let (hd, w, off) = (self.head_dim, self.kv_width, self.off);
+        scores.clear();
+        scores.resize(pos + 1, 0.0);
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let k = &self.k_cache[j * w + off..][..hd];
+            *s = dot_f32(self.qh, k) * self.scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let v = &self.v_cache[j * w + off..][..hd];
+            for (od, &vd) in o.iter_mut().zip(v) {
+                *od += p * vd;
+            }
+        }
+        let inv = 1.0 / sum;
+        for od in o.iter_mut() {
+            *od *= inv;
+        }
+    }
+}
+
 /// Fixed-order f32 dot product: 8 interleaved partial sums, then a fixed tree.
-#[inline]
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = [0f32; 8];
@@ -380,29 +437,25 @@ impl Backend for CpuBackend {
                     let g = h / group;
                     let pos = pos0 + t;
                     let qh = &q[idx * head_dim..(idx + 1) * head_dim];
-                    let mut scores = vec![0f32; pos + 1];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        let k = &k_cache[j * kv_width + g * head_dim..][..head_dim];
-                        *s = dot_f32(qh, k) * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    o.fill(0.0);
-                    for (j, &p) in scores.iter().enumerate() {
-                        let v = &v_cache[j * kv_width + g * head_dim..][..head_dim];
-                        for (od, &vd) in o.iter_mut().zip(v) {
-                            *od += p * vd;
+                    // Per-thread scores buffer, reused across calls (no allocation per
+                    // (row, head)); keys 0..=pos in order, whatever T and the thread.
+                    SCORES.with_borrow_mut(|scores| {
+                        let a = Attend {
+                            qh,
+                            k_cache,
+                            v_cache,
+                            off: g * head_dim,
+                            kv_width,
+                            head_dim,
+                            scale,
+                        };
+                        #[cfg(target_arch = "x86_64")]
+                        if std::arch::is_x86_feature_detected!("avx2") {
+                            // SAFETY: AVX2 is present.
+                            return unsafe { a.run_avx2(scores, pos, o) };
                         }
-                    }
-                    let inv = 1.0 / sum;
-                    for od in o.iter_mut() {
-                        *od *= inv;
-                    }
+                        a.run(scores, pos, o)
+                    })
                 })
         });
     }
@@ -432,6 +485,53 @@ impl Backend for CpuBackend {
     fn reset_op_counts(&self) {
         for c in &self.counts {
             c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod attend_tests {
+    use super::Attend;
+
+    /// The AVX2 build of the attention loop gives the bits of the portable one.
+    #[test]
+    fn attend_avx2_equals_portable_bitwise() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut seed = 12345u64;
+            let mut rnd = || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            };
+            for &(hd, kvh) in &[(64usize, 3usize), (96, 8), (128, 2), (20, 1)] {
+                let w = hd * kvh;
+                let n = 300;
+                let k: Vec<f32> = (0..n * w).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..n * w).map(|_| rnd()).collect();
+                let q: Vec<f32> = (0..hd).map(|_| rnd()).collect();
+                for pos in [0, 1, 7, 63, 299] {
+                    for g in 0..kvh {
+                        let a = Attend {
+                            qh: &q,
+                            k_cache: &k,
+                            v_cache: &v,
+                            off: g * hd,
+                            kv_width: w,
+                            head_dim: hd,
+                            scale: 1.0 / (hd as f32).sqrt(),
+                        };
+                        let (mut s1, mut s2) = (Vec::new(), Vec::new());
+                        let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
+                        a.run(&mut s1, pos, &mut o1);
+                        // SAFETY: AVX2 checked above.
+                        unsafe { a.run_avx2(&mut s2, pos, &mut o2) };
+                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&o1), bits(&o2), "hd {hd} pos {pos} g {g}");
+                    }
+                }
+            }
         }
     }
 }

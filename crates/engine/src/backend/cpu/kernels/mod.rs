@@ -455,10 +455,23 @@ pub fn matmul_with(
     unsafe { run_rows(path, w, x, n_rows, 0..w.n_out(), OutPtr(out.as_mut_ptr())) }
 }
 
+/// Parallel tasks per thread of a matmul (default 4; `VERISPEC_TASKS_PER_THREAD`, read once,
+/// is a tuning knob: results never depend on it).
+fn tasks_per_thread() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("VERISPEC_TASKS_PER_THREAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(4)
+    })
+}
+
 /// Output rows per parallel task for `threads` workers: several tasks per thread so a busy
 /// core does not hold the others back, a multiple of 16 rows.
 pub fn rows_per_task(n_out: usize, threads: usize) -> usize {
-    let tasks = threads.max(1) * 4;
+    let tasks = threads.max(1) * tasks_per_thread();
     n_out.div_ceil(tasks).next_multiple_of(16).max(16)
 }
 
