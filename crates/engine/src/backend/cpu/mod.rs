@@ -83,6 +83,18 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
+    /// Runs `f` with the backend's reusable activation buffers, or with fresh ones when they
+    /// are in use. Never blocks: a pool worker waiting in a parallel loop may pick up another
+    /// session's pass on the same backend, and blocking on a lock held by its own suspended
+    /// frame would deadlock.
+    fn with_acts<R>(&self, f: impl FnOnce(&mut kernels::QuantizedActs) -> R) -> R {
+        match self.acts.try_lock() {
+            Ok(mut a) => f(&mut a),
+            Err(std::sync::TryLockError::Poisoned(e)) => f(&mut e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => f(&mut kernels::QuantizedActs::default()),
+        }
+    }
+
     fn count(&self, op: &'static str) {
         if let Some(i) = OPS.iter().position(|o| *o == op) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -313,9 +325,10 @@ impl Backend for CpuBackend {
             CpuMatrix::Packed(p) => {
                 // Activations are quantized per row (int8 per 32-block, f32 scale), so a row's
                 // result never depends on the other rows.
-                let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
-                acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
-                kernels::matmul_pool(&self.pool, p, &acts, n_rows, &mut out[..n_rows * n_out]);
+                self.with_acts(|acts| {
+                    acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
+                    kernels::matmul_pool(&self.pool, p, acts, n_rows, &mut out[..n_rows * n_out]);
+                });
             }
         }
     }
@@ -347,14 +360,15 @@ impl Backend for CpuBackend {
                 for _ in &ps {
                     self.count("matmul");
                 }
-                let mut acts = self.acts.lock().unwrap_or_else(|e| e.into_inner());
-                acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
                 let mut dst: Vec<&mut [f32]> = outs
                     .iter_mut()
                     .zip(&ps)
                     .map(|(o, p)| &mut o[..n_rows * p.n_out()])
                     .collect();
-                kernels::matmul_pool_multi(&self.pool, &ps, &acts, n_rows, &mut dst);
+                self.with_acts(|acts| {
+                    acts.quantize_into(&x[..n_rows * n_in], n_rows, n_in);
+                    kernels::matmul_pool_multi(&self.pool, &ps, acts, n_rows, &mut dst);
+                });
             }
             _ => {
                 for (m, out) in ms.iter().zip(outs.iter_mut()) {
