@@ -423,7 +423,6 @@ impl Session {
     }
 
     pub fn reset_timings(&mut self) {
-        // (per shard runner)
         for s in &mut self.shards {
             s.reset_timing();
         }

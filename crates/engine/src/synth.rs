@@ -18,7 +18,6 @@ use std::path::Path;
 use half::f16;
 use rayon::prelude::*;
 
-use crate::gguf::writer::f32_array;
 use crate::gguf::{GgmlType, GgufWriter, Value};
 use crate::tokenizer::o200k::{merges_from_ranks, o200k_ranks};
 use crate::tokenizer::{phi4_mini_spec, TokenType, TokenizerSpec};
@@ -399,7 +398,6 @@ pub fn synth(
         GgmlType::F32,
         Some(f32_bytes(&short)),
     );
-    let _ = f32_array; // metadata arrays are written by the tokenizer spec
 
     for p in &plan {
         w.add_tensor(p.name.clone(), &p.shape, p.ty)?;

@@ -178,7 +178,6 @@ pub trait ShardRunner: Send {
         rope: &RopeTable,
         logits: LogitRows,
     ) -> Result<ShardOutput, EngineError>;
-    fn kv_len(&self) -> usize;
     fn truncate(&mut self, len: usize);
     fn op_counts(&self) -> OpCounts;
     fn reset_op_counts(&self);
@@ -365,10 +364,6 @@ impl<B: Backend> ShardRunner for Shard<B> {
     ) -> Result<ShardOutput, EngineError> {
         let backend = self.backend.clone();
         backend.scope(|| self.forward_inner(input, pos0, set, rope, logits))
-    }
-
-    fn kv_len(&self) -> usize {
-        self.kv.len()
     }
 
     fn truncate(&mut self, len: usize) {
