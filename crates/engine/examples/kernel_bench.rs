@@ -224,7 +224,7 @@ fn parse() -> Opts {
 fn time_matmul(
     stat: fn(&mut [f64]) -> f64,
     path: KernelPath,
-    pool: &rayon::ThreadPool,
+    pool: &verispec::backend::cpu::kernels::Pool,
     mats: &[PackedMatrix],
     x: &QuantizedActs,
     n_rows: usize,
@@ -232,15 +232,12 @@ fn time_matmul(
     reps: usize,
 ) -> f64 {
     let n_out = mats[0].n_out();
-    let chunk = rows_per_task(n_out, pool.current_num_threads());
+    let chunk = rows_per_task(n_out, pool.threads());
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
         for w in mats {
-            matmul_par(path, w, x, n_rows, out, chunk, |n, f| {
-                use rayon::prelude::*;
-                pool.install(|| (0..n).into_par_iter().for_each(f))
-            });
+            matmul_par(path, w, x, n_rows, out, chunk, |n, f| pool.run(n, f));
         }
         times.push(t.elapsed().as_secs_f64() / mats.len() as f64);
     }
@@ -266,14 +263,9 @@ fn main() {
     println!();
     println!("| format | shape | path | thr | probe GB/s | T=1 µs | T=1 GB/s | % of probe | T=4 µs | T=4 GB/s | T4/T1 |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let pools: Vec<rayon::ThreadPool> = [1, 2]
+    let pools: Vec<verispec::backend::cpu::kernels::Pool> = [1, 2]
         .iter()
-        .map(|&n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        })
+        .map(|&n| verispec::backend::cpu::kernels::Pool::new(n).unwrap())
         .collect();
     for &ty in &o.formats {
         for &(name, n_in, n_out) in &o.shapes {

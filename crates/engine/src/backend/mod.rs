@@ -82,8 +82,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
             self.matmul(m, x, n_rows, out);
         }
     }
-    /// Runs `f` in the backend's execution context (the CPU backend runs a whole pass on its
-    /// worker pool, so the ops inside do not cross threads to start and finish each op).
+    /// Runs `f` in the backend's execution context (a whole pass: a backend that needs a
+    /// thread or device context for its ops sets it up once here; the CPU backend needs none).
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()
     }

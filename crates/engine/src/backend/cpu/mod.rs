@@ -2,10 +2,9 @@
 //! results are identical for any thread count and any number of token rows.
 
 pub mod kernels;
+pub mod pool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use rayon::prelude::*;
 
 use super::{Backend, ComputePath, OpCounts};
 use crate::gguf::GgmlType;
@@ -30,7 +29,7 @@ const OPS: [&str; 11] = [
 
 pub struct CpuBackend {
     path: ComputePath,
-    pool: std::sync::Arc<rayon::ThreadPool>,
+    pool: std::sync::Arc<pool::Pool>,
     counts: [AtomicU64; OPS.len()],
     /// Quantized-activation buffers reused by every matmul (no allocation per call).
     acts: std::sync::Mutex<kernels::QuantizedActs>,
@@ -55,11 +54,7 @@ impl CpuBackend {
         {
             kernels::set_prefetch_distance(b);
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("verispec-cpu-{i}"))
-            .build()
-            .map_err(|e| EngineError::Backend(format!("cannot start CPU threads: {e}")))?;
+        let pool = pool::Pool::new(threads)?;
         Ok(CpuBackend {
             path,
             pool: std::sync::Arc::new(pool),
@@ -80,13 +75,11 @@ impl CpuBackend {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// Runs `f` with the backend's reusable activation buffers, or with fresh ones when they
-    /// are in use. Never blocks: a pool worker waiting in a parallel loop may pick up another
-    /// session's pass on the same backend, and blocking on a lock held by its own suspended
-    /// frame would deadlock.
+    /// are in use (another session's pass on the same backend). Never blocks.
     fn with_acts<R>(&self, f: impl FnOnce(&mut kernels::QuantizedActs) -> R) -> R {
         match self.acts.try_lock() {
             Ok(mut a) => f(&mut a),
@@ -99,6 +92,21 @@ impl CpuBackend {
         if let Some(i) = OPS.iter().position(|o| *o == op) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A raw output pointer shared by the tasks of one parallel loop, each writing its own part.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only where tasks write disjoint elements and the loop outlives none of them.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// # Safety
+    /// `i` is in bounds of the allocation the pointer came from.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
     }
 }
 
@@ -303,18 +311,17 @@ impl Backend for CpuBackend {
                 // [n_out, n_rows], transposed into out afterwards.
                 let mut tmp = vec![0f32; n_out * n_rows];
                 const ROWS_PER_TASK: usize = 16;
-                self.pool.install(|| {
-                    tmp.par_chunks_mut(ROWS_PER_TASK * n_rows)
-                        .enumerate()
-                        .for_each(|(c, chunk)| {
-                            let mut w = vec![0f32; n_in];
-                            for (i, dst) in chunk.chunks_mut(n_rows).enumerate() {
-                                dequant_row(h, c * ROWS_PER_TASK + i, &mut w);
-                                for (t, d) in dst.iter_mut().enumerate() {
-                                    *d = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
-                                }
-                            }
-                        })
+                let dst = SyncPtr(tmp.as_mut_ptr());
+                self.pool.run(n_out.div_ceil(ROWS_PER_TASK), &|c| {
+                    let mut w = vec![0f32; n_in];
+                    for o in c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n_out) {
+                        dequant_row(h, o, &mut w);
+                        for t in 0..n_rows {
+                            let v = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
+                            // SAFETY: task `c` alone writes rows `c * 16 ..` of `tmp`.
+                            unsafe { *dst.at(o * n_rows + t) = v };
+                        }
+                    }
                 });
                 for o in 0..n_out {
                     for t in 0..n_rows {
@@ -379,7 +386,7 @@ impl Backend for CpuBackend {
     }
 
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        f()
     }
 
     fn copy_cols(
@@ -442,35 +449,35 @@ impl Backend for CpuBackend {
         let group = n_head / n_head_kv;
         let kv_width = n_head_kv * head_dim;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        self.pool.install(|| {
-            out[..n_rows * n_head * head_dim]
-                .par_chunks_mut(head_dim)
-                .enumerate()
-                .for_each(|(idx, o)| {
-                    let (t, h) = (idx / n_head, idx % n_head);
-                    let g = h / group;
-                    let pos = pos0 + t;
-                    let qh = &q[idx * head_dim..(idx + 1) * head_dim];
-                    // Per-thread scores buffer, reused across calls (no allocation per
-                    // (row, head)); keys 0..=pos in order, whatever T and the thread.
-                    SCORES.with_borrow_mut(|scores| {
-                        let a = Attend {
-                            qh,
-                            k_cache,
-                            v_cache,
-                            off: g * head_dim,
-                            kv_width,
-                            head_dim,
-                            scale,
-                        };
-                        #[cfg(target_arch = "x86_64")]
-                        if std::arch::is_x86_feature_detected!("avx2") {
-                            // SAFETY: AVX2 is present.
-                            return unsafe { a.run_avx2(scores, pos, o) };
-                        }
-                        a.run(scores, pos, o)
-                    })
-                })
+        assert!(out.len() >= n_rows * n_head * head_dim);
+        let dst = SyncPtr(out.as_mut_ptr());
+        self.pool.run(n_rows * n_head, &|idx| {
+            let (t, h) = (idx / n_head, idx % n_head);
+            let g = h / group;
+            let pos = pos0 + t;
+            let qh = &q[idx * head_dim..(idx + 1) * head_dim];
+            // SAFETY: task `idx` alone writes `out[idx * head_dim ..][..head_dim]`, which is in
+            // bounds (`out` holds `n_rows * n_head * head_dim` floats).
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(idx * head_dim), head_dim) };
+            // Per-thread scores buffer, reused across calls (no allocation per (row, head));
+            // keys 0..=pos in order, whatever T and the thread.
+            SCORES.with_borrow_mut(|scores| {
+                let a = Attend {
+                    qh,
+                    k_cache,
+                    v_cache,
+                    off: g * head_dim,
+                    kv_width,
+                    head_dim,
+                    scale,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 is present.
+                    return unsafe { a.run_avx2(scores, pos, o) };
+                }
+                a.run(scores, pos, o)
+            })
         });
     }
 

@@ -57,6 +57,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+pub use super::pool::Pool;
 pub use pack::{PackedMatrix, WeightFormat};
 
 /// Elements per activation block (and per Q8_0/Q4_0/Q4_1 weight block, per K-quant sub-block).
@@ -478,16 +479,15 @@ pub fn rows_per_task(n_out: usize, threads: usize) -> usize {
 /// [`matmul`] with output rows split across the threads of `pool`. Bit-identical to
 /// [`matmul`] for any number of threads (only output rows are split).
 pub fn matmul_pool(
-    pool: &rayon::ThreadPool,
+    pool: &Pool,
     w: &PackedMatrix,
     x: &QuantizedActs,
     n_rows: usize,
     out: &mut [f32],
 ) {
-    let chunk = rows_per_task(w.n_out(), pool.current_num_threads());
+    let chunk = rows_per_task(w.n_out(), pool.threads());
     matmul_par(KernelPath::detect(), w, x, n_rows, out, chunk, |n, f| {
-        use rayon::prelude::*;
-        pool.install(|| (0..n).into_par_iter().for_each(f))
+        pool.run(n, f)
     })
 }
 
@@ -495,7 +495,7 @@ pub fn matmul_pool(
 /// parallel dispatch: `outs[i] = ws[i] x`. Every output row is computed by the same kernel call
 /// sequence as in [`matmul`], so the results are bit-identical to separate calls.
 pub fn matmul_pool_multi(
-    pool: &rayon::ThreadPool,
+    pool: &Pool,
     ws: &[&PackedMatrix],
     x: &QuantizedActs,
     n_rows: usize,
@@ -508,7 +508,7 @@ pub fn matmul_pool_multi(
         check_shapes(w, x, n_rows, out);
     }
     let total: usize = ws.iter().map(|w| w.n_out()).sum();
-    let chunk = rows_per_task(total, pool.current_num_threads());
+    let chunk = rows_per_task(total, pool.threads());
     // (matrix, row range) tasks; every output row belongs to exactly one task.
     let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
     for (i, w) in ws.iter().enumerate() {
@@ -526,12 +526,7 @@ pub fn matmul_pool_multi(
         // borrowed mutably for the whole call.
         unsafe { run_rows(path, ws[i], x, n_rows, rows, ptrs[i]) }
     };
-    if tasks.len() == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        pool.install(|| (0..tasks.len()).into_par_iter().for_each(run));
-    }
+    pool.run(tasks.len(), &run);
 }
 
 /// The generic threaded entry point: output rows are cut into chunks of `rows_per_chunk`,

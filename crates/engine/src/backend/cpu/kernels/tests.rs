@@ -313,14 +313,8 @@ fn batch_invariance_t1_to_8() {
 
 #[test]
 fn threads_do_not_change_bits() {
-    let pool1 = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let pool2 = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
+    let pool1 = Pool::new(1).unwrap();
+    let pool2 = Pool::new(2).unwrap();
     for ty in native_types() {
         let n_in = if ty.block_size() == 256 { 512 } else { 576 };
         let n_out = 77;
