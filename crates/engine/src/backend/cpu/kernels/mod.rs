@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 pub use super::pool::Pool;
-pub use pack::{PackedMatrix, WeightFormat};
+pub use pack::{Layout, PackedMatrix, WeightFormat, TILE_ROWS};
 
 /// Elements per activation block (and per Q8_0/Q4_0/Q4_1 weight block, per K-quant sub-block).
 pub const QK: usize = 32;
@@ -385,6 +385,9 @@ unsafe fn run_rows(
     out: OutPtr,
 ) {
     let n_out = w.n_out();
+    if w.layout() == Layout::Tiles16 {
+        return run_tiles(path, w, x, n_rows, rows, out);
+    }
     // Blocks of ROW_BLOCK output rows, every activation tile against each block: the block's
     // weights are read from memory once and from L1 for the following tiles.
     let mut o0 = rows.start;
@@ -429,6 +432,56 @@ unsafe fn run_rows(
             t0 += nt;
         }
         o0 += nr;
+    }
+}
+
+/// [`run_rows`] for a [`Layout::Tiles16`] matrix; `rows` must start and end on tile
+/// boundaries (every task split uses multiples of 16 rows).
+unsafe fn run_tiles(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    rows: Range<usize>,
+    out: OutPtr,
+) {
+    assert!(
+        rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS),
+        "row range {rows:?} is not made of whole tiles"
+    );
+    let n_out = w.n_out();
+    for tile in rows.start / TILE_ROWS..rows.end / TILE_ROWS {
+        let o0 = tile * TILE_ROWS;
+        let mut t0 = 0;
+        while t0 < n_rows {
+            let nt = (n_rows - t0).min(TILE);
+            match path {
+                #[cfg(target_arch = "x86_64")]
+                KernelPath::Avx512Vnni => x86::tile_avx512(
+                    w.format(),
+                    w.tile(tile).as_ptr(),
+                    w.n_in(),
+                    x,
+                    t0,
+                    nt,
+                    out.0.add(t0 * n_out + o0),
+                    n_out,
+                ),
+                // Other paths read the tile's rows back in the rows layout (the same values,
+                // so the same bits; slow, used only when a path is forced).
+                _ => {
+                    let mut buf = Vec::new();
+                    for r in o0..o0 + TILE_ROWS {
+                        let wrow = w.rows_form(r, &mut buf);
+                        for t in t0..t0 + nt {
+                            *out.0.add(t * n_out + r) =
+                                scalar::row_dot(w.format(), wrow, w.n_in(), x.row(t));
+                        }
+                    }
+                }
+            }
+            t0 += nt;
+        }
     }
 }
 

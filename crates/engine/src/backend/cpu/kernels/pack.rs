@@ -20,6 +20,19 @@
 //! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
 //! the scales of elements 0..16 / 16..32 of block `i`.
 //!
+//! **Row tiles** (`Layout::Tiles16`, Q8_0 / Q4_0 / Q4_1 when `n_out % 16 == 0` and the
+//! AVX-512 VNNI kernels run): rows `16 i .. 16 i + 16` form tile `i`, stored contiguously
+//! (`16 * row_bytes` bytes). Inside a tile, block `b` of all 16 rows is one record; lane `r`
+//! of every section is row `16 i + r`, so one `vpdpbusd` against a broadcast activation
+//! granule advances 16 output rows at once and no horizontal sum is needed (the 16 lane
+//! accumulators of the canonical order become 16 vector registers, lane = row):
+//!
+//! | format | record of block `b` (16 rows) | bytes |
+//! |--------|-------------------------------|-------|
+//! | Q8_0 | `d: [f16; 16]`, 8 granules of 64 bytes: granule `k` = elements `4k..4k+4` of each row, stored as `q + 128` (u8) | 544 |
+//! | Q4_0 | `d: [f16; 16]`, 4 nibble granules of 64 bytes: granule `p` = GGUF quant bytes `4p..4p+4` of each row | 288 |
+//! | Q4_1 | `d: [f16; 16]`, `m: [f16; 16]`, 4 nibble granules | 320 |
+//!
 //! The packed matrix is exactly as large as the GGUF tensor (for the native formats; a
 //! converted F32/F16/BF16/... tensor becomes Q8_0 at 34 bytes per 32 values): the
 //! memory cost of the repack is one copy of the tensor, and the mmap'd original is then
@@ -89,10 +102,54 @@ impl WeightFormat {
     }
 }
 
+/// How rows are arranged in a [`PackedMatrix`] (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Row by row, blocks interleaved in groups of 16 within a row.
+    Rows,
+    /// Tiles of 16 rows, one record of 16 rows per block.
+    Tiles16,
+}
+
+/// Rows per tile of [`Layout::Tiles16`].
+pub const TILE_ROWS: usize = 16;
+
+impl Layout {
+    /// Whether `fmt` can be stored as `self` with `n_out` rows.
+    pub fn supports(self, fmt: WeightFormat, n_out: usize) -> bool {
+        match self {
+            Layout::Rows => true,
+            Layout::Tiles16 => {
+                matches!(
+                    fmt,
+                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1
+                ) && n_out.is_multiple_of(TILE_ROWS)
+            }
+        }
+    }
+
+    /// The layout the detected kernel path multiplies fastest: row tiles where the AVX-512
+    /// kernels have them (`VERISPEC_LAYOUT=rows` forces rows, for comparisons).
+    pub fn preferred(fmt: WeightFormat, n_out: usize) -> Layout {
+        static ROWS_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let rows_only =
+            *ROWS_ONLY.get_or_init(|| std::env::var("VERISPEC_LAYOUT").is_ok_and(|v| v == "rows"));
+        if !rows_only
+            && super::KernelPath::detect() == super::KernelPath::Avx512Vnni
+            && Layout::Tiles16.supports(fmt, n_out)
+        {
+            Layout::Tiles16
+        } else {
+            Layout::Rows
+        }
+    }
+}
+
 /// A weight matrix `[n_out, n_in]` in the kernels' layout (see the module docs).
 #[derive(Clone)]
 pub struct PackedMatrix {
     format: WeightFormat,
+    layout: Layout,
     source: GgmlType,
     n_out: usize,
     n_in: usize,
@@ -140,6 +197,19 @@ impl PackedMatrix {
         n_out: usize,
         n_in: usize,
     ) -> Result<PackedMatrix, EngineError> {
+        let fmt = WeightFormat::native(ty).unwrap_or(WeightFormat::Q8_0);
+        PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::preferred(fmt, n_out))
+    }
+
+    /// [`PackedMatrix::from_ggml`] with an explicit layout (an unsupported one falls back to
+    /// [`Layout::Rows`]). Every kernel path multiplies every layout with the same bits.
+    pub fn from_ggml_layout(
+        ty: GgmlType,
+        data: &[u8],
+        n_out: usize,
+        n_in: usize,
+        layout: Layout,
+    ) -> Result<PackedMatrix, EngineError> {
         let src_row = ty.row_bytes(n_in as u64).ok_or_else(|| {
             EngineError::Model(format!(
                 "row length {n_in} is not a multiple of the {ty} block size"
@@ -160,7 +230,7 @@ impl PackedMatrix {
             }
             let mut row = vec![0f32; n_in];
             let mut q8 = vec![0u8; WeightFormat::Q8_0.row_bytes(n_in)];
-            let mut m = PackedMatrix::empty(WeightFormat::Q8_0, ty, n_out, n_in);
+            let mut m = PackedMatrix::empty(WeightFormat::Q8_0, layout, ty, n_out, n_in);
             for o in 0..n_out {
                 decode_row_f32(ty, &data[o * src_row..(o + 1) * src_row], &mut row)?;
                 quantize_row_q8_0(&row, &mut q8).map_err(|i| {
@@ -168,21 +238,45 @@ impl PackedMatrix {
                         "{ty} tensor has a non-finite value at row {o}, column {i}"
                     ))
                 })?;
-                let rb = m.row_bytes;
-                pack_row(WeightFormat::Q8_0, &q8, &mut m.data[o * rb..(o + 1) * rb]);
+                m.put_row(o, &q8);
             }
             return Ok(m);
         };
-        let mut m = PackedMatrix::empty(format, ty, n_out, n_in);
-        let rb = m.row_bytes;
+        let mut m = PackedMatrix::empty(format, layout, ty, n_out, n_in);
         for o in 0..n_out {
-            pack_row(
-                format,
-                &data[o * src_row..(o + 1) * src_row],
-                &mut m.data[o * rb..(o + 1) * rb],
-            );
+            m.put_row(o, &data[o * src_row..(o + 1) * src_row]);
         }
         Ok(m)
+    }
+
+    /// Stores GGUF row `o` (`format`'s own block bytes).
+    fn put_row(&mut self, o: usize, src: &[u8]) {
+        let rb = self.row_bytes;
+        match self.layout {
+            Layout::Rows => pack_row(self.format, src, &mut self.data[o * rb..(o + 1) * rb]),
+            Layout::Tiles16 => {
+                let (tile, r) = (o / TILE_ROWS, o % TILE_ROWS);
+                let dst = &mut self.data[tile * TILE_ROWS * rb..(tile + 1) * TILE_ROWS * rb];
+                tile_put_row(self.format, src, dst, r);
+            }
+        }
+    }
+
+    /// GGUF row `o` of a tiled matrix (`format`'s own block bytes) into `dst`.
+    fn tiled_gguf_row(&self, o: usize, dst: &mut [u8]) {
+        let (tile, r) = (o / TILE_ROWS, o % TILE_ROWS);
+        tile_get_row(self.format, self.tile(tile), dst, r);
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The bytes of tile `i` ([`Layout::Tiles16`]).
+    #[inline(always)]
+    pub(crate) fn tile(&self, i: usize) -> &[u8] {
+        let tb = TILE_ROWS * self.row_bytes;
+        &self.data[i * tb..(i + 1) * tb]
     }
 
     /// Quantizes f32 weights `[n_out, n_in]` to Q8_0.
@@ -194,10 +288,22 @@ impl PackedMatrix {
         PackedMatrix::from_ggml(GgmlType::F32, bytes, n_out, n_in)
     }
 
-    fn empty(format: WeightFormat, source: GgmlType, n_out: usize, n_in: usize) -> PackedMatrix {
+    fn empty(
+        format: WeightFormat,
+        layout: Layout,
+        source: GgmlType,
+        n_out: usize,
+        n_in: usize,
+    ) -> PackedMatrix {
         let row_bytes = format.row_bytes(n_in);
+        let layout = if layout.supports(format, n_out) {
+            layout
+        } else {
+            Layout::Rows
+        };
         PackedMatrix {
             format,
+            layout,
             source,
             n_out,
             n_in,
@@ -233,14 +339,31 @@ impl PackedMatrix {
         self.row_bytes
     }
 
+    /// Row `o` of a [`Layout::Rows`] matrix.
     #[inline(always)]
     pub(crate) fn row(&self, o: usize) -> &[u8] {
+        debug_assert_eq!(self.layout, Layout::Rows);
         &self.data[o * self.row_bytes..(o + 1) * self.row_bytes]
+    }
+
+    /// Row `o` in [`Layout::Rows`] form, copied into `buf` when the matrix is tiled.
+    pub(crate) fn rows_form<'a>(&'a self, o: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        match self.layout {
+            Layout::Rows => self.row(o),
+            Layout::Tiles16 => {
+                let mut gguf = vec![0u8; self.row_bytes];
+                self.tiled_gguf_row(o, &mut gguf);
+                buf.resize(self.row_bytes, 0);
+                pack_row(self.format, &gguf, buf);
+                buf
+            }
+        }
     }
 
     /// Row `o` as f32 values (the format's own dequantization; equal to ggml's).
     pub fn dequantize_row(&self, o: usize, out: &mut [f32]) {
-        let wrow = self.row(o);
+        let mut buf = Vec::new();
+        let wrow = self.rows_form(o, &mut buf);
         let nb = self.n_in / QK;
         let (mut b0, mut off) = (0, 0);
         while b0 < nb {
@@ -458,6 +581,80 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
         }
         b0 += g;
         off += gb;
+    }
+}
+
+/// Bytes of one block record of a tile: (record, offset of the quant granules).
+fn tile_record(fmt: WeightFormat) -> (usize, usize) {
+    match fmt {
+        WeightFormat::Q8_0 => (34 * TILE_ROWS, 32),
+        WeightFormat::Q4_0 => (18 * TILE_ROWS, 32),
+        WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
+        WeightFormat::Q4K | WeightFormat::Q6K => unreachable!("not a tiled format"),
+    }
+}
+
+/// Writes GGUF row `src` as row `r` of a tile (`dst` = the tile's bytes).
+fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let ts = fmt.ggml_type().type_size();
+    let (rec, q0) = tile_record(fmt);
+    for (b, blk) in src.chunks_exact(ts).enumerate() {
+        let d = &mut dst[b * rec..(b + 1) * rec];
+        d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+        match fmt {
+            WeightFormat::Q8_0 => {
+                for k in 0..8 {
+                    for e in 0..4 {
+                        d[q0 + 64 * k + 4 * r + e] = blk[2 + 4 * k + e] ^ 0x80;
+                    }
+                }
+            }
+            WeightFormat::Q4_0 => {
+                for p in 0..4 {
+                    d[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]
+                        .copy_from_slice(&blk[2 + 4 * p..6 + 4 * p]);
+                }
+            }
+            _ => {
+                d[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                for p in 0..4 {
+                    d[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]
+                        .copy_from_slice(&blk[4 + 4 * p..8 + 4 * p]);
+                }
+            }
+        }
+    }
+}
+
+/// Reads row `r` of a tile back as a GGUF row (the inverse of [`tile_put_row`]).
+fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let ts = fmt.ggml_type().type_size();
+    let (rec, q0) = tile_record(fmt);
+    for (b, blk) in dst.chunks_exact_mut(ts).enumerate() {
+        let s = &src[b * rec..(b + 1) * rec];
+        blk[0..2].copy_from_slice(&s[2 * r..2 * r + 2]);
+        match fmt {
+            WeightFormat::Q8_0 => {
+                for k in 0..8 {
+                    for e in 0..4 {
+                        blk[2 + 4 * k + e] = s[q0 + 64 * k + 4 * r + e] ^ 0x80;
+                    }
+                }
+            }
+            WeightFormat::Q4_0 => {
+                for p in 0..4 {
+                    blk[2 + 4 * p..6 + 4 * p]
+                        .copy_from_slice(&s[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]);
+                }
+            }
+            _ => {
+                blk[2..4].copy_from_slice(&s[32 + 2 * r..32 + 2 * r + 2]);
+                for p in 0..4 {
+                    blk[4 + 4 * p..8 + 4 * p]
+                        .copy_from_slice(&s[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]);
+                }
+            }
+        }
     }
 }
 

@@ -514,3 +514,94 @@ fn round_half_away_matches_f32_round() {
         check(v);
     }
 }
+
+fn tiled_types() -> [GgmlType; 3] {
+    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1]
+}
+
+fn both_layouts(ty: GgmlType, data: &[u8], n_out: usize, n_in: usize) -> [PackedMatrix; 2] {
+    let rows = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Rows).unwrap();
+    let tiles = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Tiles16).unwrap();
+    assert_eq!(rows.layout(), Layout::Rows);
+    assert_eq!(tiles.layout(), Layout::Tiles16, "{ty} [{n_out}, {n_in}]");
+    [rows, tiles]
+}
+
+#[test]
+fn tiles_hold_the_gguf_values() {
+    for ty in tiled_types() {
+        for n_in in widths(ty) {
+            let n_out = 32;
+            let data = gen_tensor(ty, n_out, n_in, 29 + n_in as u64);
+            let [_, w] = both_layouts(ty, &data, n_out, n_in);
+            assert_eq!(w.bytes(), data.len(), "{ty}: tiled size differs from GGUF");
+            let rb = data.len() / n_out;
+            for o in 0..n_out {
+                let (mut a, mut b) = (vec![0f32; n_in], vec![0f32; n_in]);
+                decode_gguf(ty, &data[o * rb..(o + 1) * rb], &mut a);
+                w.dequantize_row(o, &mut b);
+                assert_eq!(bits(&a), bits(&b), "{ty} n_in {n_in} row {o}");
+            }
+        }
+    }
+    // A row count that is not a multiple of 16 stays in rows.
+    let data = gen_tensor(GgmlType::Q8_0, 20, 64, 3);
+    let w = PackedMatrix::from_ggml_layout(GgmlType::Q8_0, &data, 20, 64, Layout::Tiles16);
+    assert_eq!(w.unwrap().layout(), Layout::Rows);
+}
+
+/// Tiles give the bits of rows (the canonical order), on every path and for T = 1..8.
+#[test]
+fn tiles_match_rows_bitwise_on_every_path() {
+    for ty in tiled_types() {
+        for n_in in widths(ty) {
+            let n_out = 48;
+            let data = gen_tensor(ty, n_out, n_in, 31 + n_in as u64);
+            let [rows, tiles] = both_layouts(ty, &data, n_out, n_in);
+            for n_rows in [1, 2, 3, 4, 5, 8] {
+                let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 37), n_rows, n_in);
+                let want = bits(&run(KernelPath::Scalar, &rows, &x, n_rows));
+                for &p in &KernelPath::available() {
+                    let got = bits(&run(p, &tiles, &x, n_rows));
+                    assert_eq!(
+                        got,
+                        want,
+                        "{ty} n_in {n_in} T {n_rows}: tiles on {}",
+                        p.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiles_batch_and_thread_invariance() {
+    let pool1 = Pool::new(1).unwrap();
+    let pool2 = Pool::new(2).unwrap();
+    for ty in tiled_types() {
+        let (n_in, n_out) = (576, 160);
+        let [_, w] = both_layouts(ty, &gen_tensor(ty, n_out, n_in, 41), n_out, n_in);
+        let xs = gen_acts(8, n_in, 43);
+        let singles: Vec<Vec<u32>> = (0..8)
+            .map(|t| {
+                let x1 = QuantizedActs::quantize(&xs[t * n_in..(t + 1) * n_in], 1, n_in);
+                bits(&run(KernelPath::detect(), &w, &x1, 1))
+            })
+            .collect();
+        for n_rows in 1..=8 {
+            let x = QuantizedActs::quantize(&xs, n_rows, n_in);
+            let (mut a, mut b) = (vec![0f32; n_rows * n_out], vec![0f32; n_rows * n_out]);
+            matmul_pool(&pool1, &w, &x, n_rows, &mut a);
+            matmul_pool(&pool2, &w, &x, n_rows, &mut b);
+            assert_eq!(bits(&a), bits(&b), "{ty} T {n_rows}: 1 vs 2 threads");
+            for (t, single) in singles.iter().enumerate().take(n_rows) {
+                assert_eq!(
+                    &bits(&a)[t * n_out..(t + 1) * n_out],
+                    &single[..],
+                    "{ty}: row {t} of a T={n_rows} pass differs from T=1"
+                );
+            }
+        }
+    }
+}

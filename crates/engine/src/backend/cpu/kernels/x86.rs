@@ -552,6 +552,244 @@ unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
 }
 
 // ---------------------------------------------------------------------------------------------
+// AVX-512, row tiles (`Layout::Tiles16`): lane `r` of every vector is output row `r` of the
+// tile. The canonical lane accumulators `acc[b % 16]` of each row become 16 registers, and
+// the reduction tree runs across registers, for 16 rows at once.
+// ---------------------------------------------------------------------------------------------
+
+/// Activation granule `k` (4 bytes of block `b`) of row `t`, broadcast to 16 lanes.
+#[inline(always)]
+unsafe fn xbcast(q: *const i8, nb: usize, b: usize, k: usize) -> __m512i {
+    let g0 = b / GROUP * GROUP;
+    let g = (nb - g0).min(GROUP);
+    _mm512_set1_epi32(std::ptr::read_unaligned(
+        q.add(g0 * QK + k * 4 * g + 4 * (b - g0)) as *const i32,
+    ))
+}
+
+/// The canonical tree over 16 lane accumulators, lane-wise: 16 outputs.
+#[inline(always)]
+unsafe fn tree_tile(acc: &[__m512; GROUP]) -> __m512 {
+    let h8: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(acc[i], acc[i + 8]));
+    let h4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h8[i], h8[i + 4]));
+    _mm512_add_ps(_mm512_add_ps(h4[0], h4[2]), _mm512_add_ps(h4[1], h4[3]))
+}
+
+/// Runs `$body` for `$j` = 0..16 with a literal lane index, while `$j < $g` (so `acc[$j]`
+/// indexes registers, not memory).
+macro_rules! lanes16 {
+    ($j:ident < $g:expr, $body:block) => {
+        lanes16!(@ $j, $g, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $j:ident, $g:expr, $body:block, $($n:literal)*) => {
+        $( if $n < $g { let $j: usize = $n; $body } )*
+    };
+}
+
+/// One tile (16 rows) of a tiled block-32 format against `NT` activation rows; `out` is
+/// output row 0 of the tile for activation row 0, activation rows `stride` apart.
+/// `rec`: record bytes; `params(rec_ptr) -> (d, m)`; `dots(rec_ptr, t, b) -> isum`.
+macro_rules! tile512 {
+    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+        unsafe fn $name<const NT: usize>(
+            w: *const u8,
+            nb: usize,
+            x: &Xp<NT>,
+            out: *mut f32,
+            stride: usize,
+        ) {
+            let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+            let mut acc = [[_mm512_setzero_ps(); GROUP]; NT];
+            let mut b0 = 0;
+            while b0 < nb {
+                let g = (nb - b0).min(GROUP);
+                lanes16!(j < g, {
+                    let b = b0 + j;
+                    let rec = w.add(b * $rec);
+                    prefetch(rec, pf, $rec);
+                    let wv = $prep(rec);
+                    for t in 0..NT {
+                        let isum = $dots(&wv, x.q[t], nb, b);
+                        let v = $update(&wv, isum, *x.d[t].add(b), *x.s[t].add(b));
+                        acc[t][j] = _mm512_add_ps(acc[t][j], v);
+                    }
+                });
+                b0 += g;
+            }
+            for t in 0..NT {
+                _mm512_storeu_ps(out.add(t * stride), tree_tile(&acc[t]));
+            }
+        }
+    };
+}
+
+/// Q8_0 record: scales and the 8 weight granules (`q + 128`).
+struct Q8Tile {
+    d: __m512,
+    q: [__m512i; 8],
+}
+
+#[inline(always)]
+unsafe fn q8_tile_prep(rec: *const u8) -> Q8Tile {
+    Q8Tile {
+        d: _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+        q: std::array::from_fn(|k| _mm512_loadu_si512(rec.add(32 + 64 * k) as *const _)),
+    }
+}
+
+#[inline(always)]
+unsafe fn q8_tile_dots(w: &Q8Tile, q: *const i8, nb: usize, b: usize) -> __m512i {
+    let mut s0 = _mm512_setzero_si512();
+    let mut s1 = _mm512_setzero_si512();
+    for k in 0..4 {
+        s0 = _mm512_dpbusd_epi32(s0, w.q[k], xbcast(q, nb, b, k));
+        s1 = _mm512_dpbusd_epi32(s1, w.q[k + 4], xbcast(q, nb, b, k + 4));
+    }
+    _mm512_add_epi32(s0, s1)
+}
+
+/// `(d * dx) * isum`, `isum = sum((q + 128) x) - 128 xsum`.
+#[inline(always)]
+unsafe fn q8_tile_update(w: &Q8Tile, dp: __m512i, dx: f32, xsum: i32) -> __m512 {
+    let is = _mm512_sub_epi32(dp, _mm512_set1_epi32(xsum << 7));
+    _mm512_mul_ps(
+        _mm512_mul_ps(w.d, _mm512_set1_ps(dx)),
+        _mm512_cvtepi32_ps(is),
+    )
+}
+
+/// Q4_0 / Q4_1 record: scales (and mins) and the nibbles split into low and high halves.
+struct Q4Tile {
+    d: __m512,
+    m: __m512,
+    lo: [__m512i; 4],
+    hi: [__m512i; 4],
+}
+
+#[inline(always)]
+unsafe fn q4_tile_nibbles(p: *const u8) -> ([__m512i; 4], [__m512i; 4]) {
+    let m0f = _mm512_set1_epi8(0x0f);
+    let v: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(p.add(64 * k) as *const _));
+    (
+        std::array::from_fn(|k| _mm512_and_si512(v[k], m0f)),
+        std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi16::<4>(v[k]), m0f)),
+    )
+}
+
+#[inline(always)]
+unsafe fn q4_0_tile_prep(rec: *const u8) -> Q4Tile {
+    let (lo, hi) = q4_tile_nibbles(rec.add(32));
+    Q4Tile {
+        d: _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+        m: _mm512_setzero_ps(),
+        lo,
+        hi,
+    }
+}
+
+#[inline(always)]
+unsafe fn q4_1_tile_prep(rec: *const u8) -> Q4Tile {
+    let (lo, hi) = q4_tile_nibbles(rec.add(64));
+    Q4Tile {
+        d: _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
+        m: _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i)),
+        lo,
+        hi,
+    }
+}
+
+/// Raw `sum(q * x)`, `q` in 0..16: low nibbles pair with elements 0..16, high with 16..32.
+#[inline(always)]
+unsafe fn q4_tile_dots(w: &Q4Tile, q: *const i8, nb: usize, b: usize) -> __m512i {
+    let mut s0 = _mm512_setzero_si512();
+    let mut s1 = _mm512_setzero_si512();
+    for p in 0..4 {
+        s0 = _mm512_dpbusd_epi32(s0, w.lo[p], xbcast(q, nb, b, p));
+        s1 = _mm512_dpbusd_epi32(s1, w.hi[p], xbcast(q, nb, b, p + 4));
+    }
+    _mm512_add_epi32(s0, s1)
+}
+
+/// `(d * dx) * isum`, `isum = dp - 8 xsum`.
+#[inline(always)]
+unsafe fn q4_0_tile_update(w: &Q4Tile, dp: __m512i, dx: f32, xsum: i32) -> __m512 {
+    let is = _mm512_sub_epi32(dp, _mm512_set1_epi32(xsum << 3));
+    _mm512_mul_ps(
+        _mm512_mul_ps(w.d, _mm512_set1_ps(dx)),
+        _mm512_cvtepi32_ps(is),
+    )
+}
+
+/// `((d * dx) * isum) + ((m * dx) * xsum)`.
+#[inline(always)]
+unsafe fn q4_1_tile_update(w: &Q4Tile, dp: __m512i, dx: f32, xsum: i32) -> __m512 {
+    let dxv = _mm512_set1_ps(dx);
+    _mm512_add_ps(
+        _mm512_mul_ps(_mm512_mul_ps(w.d, dxv), _mm512_cvtepi32_ps(dp)),
+        _mm512_mul_ps(_mm512_mul_ps(w.m, dxv), _mm512_set1_ps(xsum as f32)),
+    )
+}
+
+tile512!(
+    q8_0_tile512,
+    544,
+    q8_tile_prep,
+    q8_tile_dots,
+    q8_tile_update
+);
+tile512!(
+    q4_0_tile512,
+    288,
+    q4_0_tile_prep,
+    q4_tile_dots,
+    q4_0_tile_update
+);
+tile512!(
+    q4_1_tile512,
+    320,
+    q4_1_tile_prep,
+    q4_tile_dots,
+    q4_1_tile_update
+);
+
+/// AVX-512 VNNI over one tile of a [`super::Layout::Tiles16`] matrix (16 output rows) for
+/// activation rows `t0..t0+nt`; writes `out[t * stride + r]` for `r < 16`.
+///
+/// # Safety
+/// The `Avx512Vnni` path must be available; `w` points to one tile of `fmt` with `n_in`
+/// columns, `x` has at least `t0 + nt` rows, `out` is valid for the writes.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_avx512(
+    fmt: WeightFormat,
+    w: *const u8,
+    n_in: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    nt: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let nb = n_in / QK;
+    macro_rules! go {
+        ($f:ident) => {
+            match nt {
+                1 => $f::<1>(w, nb, &xp::<1>(x, t0), out, stride),
+                2 => $f::<2>(w, nb, &xp::<2>(x, t0), out, stride),
+                3 => $f::<3>(w, nb, &xp::<3>(x, t0), out, stride),
+                _ => $f::<4>(w, nb, &xp::<4>(x, t0), out, stride),
+            }
+        };
+    }
+    match fmt {
+        WeightFormat::Q8_0 => go!(q8_0_tile512),
+        WeightFormat::Q4_0 => go!(q4_0_tile512),
+        WeightFormat::Q4_1 => go!(q4_1_tile512),
+        WeightFormat::Q4K | WeightFormat::Q6K => unreachable!("K-quants are never tiled"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // AVX2: a group is two halves of 8 lanes; half `h` covers lanes 8h..8h+8 (`n` of them valid).
 // ---------------------------------------------------------------------------------------------
 
