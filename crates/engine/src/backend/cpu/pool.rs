@@ -97,7 +97,7 @@ impl Pool {
             let s = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("verispec-cpu-{i}"))
-                .spawn(move || worker(&s))
+                .spawn(move || worker(&s, 0))
                 .map_err(|e| EngineError::Backend(format!("cannot start CPU threads: {e}")));
             match h {
                 Ok(h) => workers.push(h),
@@ -206,8 +206,10 @@ impl Drop for Done<'_> {
     }
 }
 
-fn worker(s: &Shared) {
-    let mut seen = unpack(s.word.load(Ordering::Acquire)).0;
+/// A worker's loop. `seen` is the epoch at spawn time (0: no job can be published before
+/// `Pool::new` returns); reading it from `word` inside the thread would race with the first
+/// job and could skip it.
+fn worker(s: &Shared, mut seen: u64) {
     loop {
         // Wait for a new epoch: spin, then yield, then sleep.
         let start = Instant::now();
