@@ -168,7 +168,7 @@ impl Pool {
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < n {
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -224,7 +224,7 @@ fn worker(s: &Shared, mut seen: u64) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 {
+            if !spins.is_multiple_of(256) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -343,7 +343,10 @@ mod tests {
                 }
             })
         }));
-        assert!(r.is_err(), "the caller claims an index and its panic propagates");
+        assert!(
+            r.is_err(),
+            "the caller claims an index and its panic propagates"
+        );
         let hits = AtomicUsize::new(0);
         pool.run(10, &|_| {
             hits.fetch_add(1, Ordering::Relaxed);
