@@ -1,10 +1,11 @@
 //! CPU backend. Threads split output rows (or attention heads) only, never a reduction, so
 //! results are identical for any thread count and any number of token rows.
 
+mod attention;
 pub mod kernels;
 pub mod pool;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::{Backend, ComputePath, OpCounts};
 use crate::gguf::GgmlType;
@@ -33,6 +34,10 @@ pub struct CpuBackend {
     counts: [AtomicU64; OPS.len()],
     /// Quantized-activation buffers reused by every matmul (no allocation per call).
     acts: std::sync::Mutex<kernels::QuantizedActs>,
+    /// Index in `ATTN_PATHS` of the attention path (benchmarks and tests; default `Auto`).
+    attn_path: AtomicU8,
+    /// Tasks per (row, KV head) of the grouped attention paths; 0: as few as possible.
+    attn_parts: AtomicUsize,
 }
 
 /// A weight matrix `[n_out, n_in]`.
@@ -60,6 +65,8 @@ impl CpuBackend {
             pool: std::sync::Arc::new(pool),
             counts: Default::default(),
             acts: Default::default(),
+            attn_path: AtomicU8::new(0),
+            attn_parts: AtomicUsize::new(0),
         })
     }
 
@@ -71,7 +78,23 @@ impl CpuBackend {
             pool: self.pool.clone(),
             counts: Default::default(),
             acts: Default::default(),
+            attn_path: AtomicU8::new(self.attn_path.load(Ordering::Relaxed)),
+            attn_parts: AtomicUsize::new(self.attn_parts.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Selects the attention implementation (benchmarks, tests; every path gives the same
+    /// bits). A path this CPU does not support runs as [`AttnPath::Portable`].
+    pub fn set_attention_path(&self, p: AttnPath) {
+        let i = ATTN_PATHS.iter().position(|x| *x == p).unwrap_or(0);
+        self.attn_path.store(i as u8, Ordering::Relaxed);
+    }
+
+    /// Tasks per (row, KV head) of the grouped attention paths, clamped to `1..=group`
+    /// (0: as few as possible). Benchmarks and tests.
+    #[doc(hidden)]
+    pub fn set_attention_parts(&self, parts: usize) {
+        self.attn_parts.store(parts, Ordering::Relaxed);
     }
 
     pub fn threads(&self) -> usize {
@@ -107,6 +130,58 @@ impl SyncPtr {
     /// `i` is in bounds of the allocation the pointer came from.
     unsafe fn at(self, i: usize) -> *mut f32 {
         self.0.add(i)
+    }
+}
+
+/// The implementations of [`Backend::attention`] on the CPU. Every one gives the bits of
+/// [`AttnPath::Portable`]; the choice exists for benchmarks and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnPath {
+    /// The fastest one this CPU supports (the default).
+    Auto,
+    /// `Attend::run`, one task per (row, head): the reference.
+    Portable,
+    /// `Attend::run` compiled with AVX2, one task per (row, head) (V8).
+    Avx2Build,
+    /// Hand-written AVX2, the heads of a GQA group in one task (V12).
+    Avx2,
+    /// Hand-written AVX2 + AVX-512, the heads of a GQA group in one task (V12).
+    Avx512,
+}
+
+const ATTN_PATHS: [AttnPath; 5] = [
+    AttnPath::Auto,
+    AttnPath::Portable,
+    AttnPath::Avx2Build,
+    AttnPath::Avx2,
+    AttnPath::Avx512,
+];
+
+impl AttnPath {
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                AttnPath::Auto | AttnPath::Portable => true,
+                AttnPath::Avx2Build | AttnPath::Avx2 => has!("avx2"),
+                AttnPath::Avx512 => has!("avx2") && has!("avx512f") && has!("avx512dq"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        matches!(self, AttnPath::Auto | AttnPath::Portable)
+    }
+
+    /// The concrete path `self` runs as on this CPU.
+    fn resolve(self) -> AttnPath {
+        match self {
+            AttnPath::Auto => [AttnPath::Avx512, AttnPath::Avx2]
+                .into_iter()
+                .find(|p| p.supported())
+                .unwrap_or(AttnPath::Portable),
+            p if p.supported() => p,
+            _ => AttnPath::Portable,
+        }
     }
 }
 
@@ -451,6 +526,42 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (head_dim as f32).sqrt();
         assert!(out.len() >= n_rows * n_head * head_dim);
         let dst = SyncPtr(out.as_mut_ptr());
+        let path = ATTN_PATHS[self.attn_path.load(Ordering::Relaxed) as usize].resolve();
+        if let Some(kernel) = attention::kernel(path) {
+            // A task is one row and the heads of one part of a GQA group (the whole group
+            // unless it has more than `MAX_HEADS` heads): they share the KV head's rows, read
+            // once for all of them.
+            let min_parts = group.div_ceil(attention::MAX_HEADS);
+            let parts = match self.attn_parts.load(Ordering::Relaxed) {
+                0 => min_parts,
+                p => p.clamp(min_parts, group),
+            };
+            let per_row = n_head_kv * parts;
+            self.pool.run(n_rows * per_row, &|idx| {
+                let (t, r) = (idx / per_row, idx % per_row);
+                let (kvh, part) = (r / parts, r % parts);
+                // Heads h0..h1 of the row, all in KV head `kvh`'s group.
+                let h0 = kvh * group + part * group / parts;
+                let h1 = kvh * group + (part + 1) * group / parts;
+                let (base, len) = ((t * n_head + h0) * head_dim, (h1 - h0) * head_dim);
+                // SAFETY: task `idx` alone writes `out[base..][..len]` (heads h0..h1 of row
+                // t), which is in bounds (`out` holds `n_rows * n_head * head_dim` floats).
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(base), len) };
+                let g = attention::Group {
+                    q: &q[base..base + len],
+                    k_cache,
+                    v_cache,
+                    off: kvh * head_dim,
+                    kv_width,
+                    head_dim,
+                    scale,
+                };
+                // Keys 0..=pos in order for every head, whatever T, the split and the thread.
+                // SAFETY: `resolve` checked the path's CPU features.
+                SCORES.with_borrow_mut(|s| unsafe { kernel(&g, pos0 + t, s, o) });
+            });
+            return;
+        }
         self.pool.run(n_rows * n_head, &|idx| {
             let (t, h) = (idx / n_head, idx % n_head);
             let g = h / group;
@@ -472,8 +583,8 @@ impl Backend for CpuBackend {
                     scale,
                 };
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 is present.
+                if path == AttnPath::Avx2Build {
+                    // SAFETY: AVX2 is present (`resolve`).
                     return unsafe { a.run_avx2(scores, pos, o) };
                 }
                 a.run(scores, pos, o)
@@ -512,44 +623,191 @@ impl Backend for CpuBackend {
 
 #[cfg(test)]
 mod attend_tests {
-    use super::Attend;
+    use super::{Attend, AttnPath, CpuBackend};
+    use crate::backend::{Backend, ComputePath};
 
-    /// The AVX2 build of the attention loop gives the bits of the portable one.
+    const DIMS: [usize; 6] = [64, 96, 128, 20, 8, 7];
+    const POSITIONS: [usize; 9] = [0, 1, 2, 3, 7, 8, 63, 299, 1000];
+
+    struct Rng(u64);
+    impl Rng {
+        fn unit(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+        /// Mixed magnitudes: mostly small, some large (scores of hundreds, so that `max`
+        /// matters and many `exp` underflow), some exact zeros of either sign.
+        fn val(&mut self) -> f32 {
+            let u = self.unit();
+            match (self.0 >> 20) % 16 {
+                0 => 0.0,
+                1 => -0.0,
+                2 | 3 => u * 60.0,
+                _ => u * 4.0,
+            }
+        }
+    }
+
+    /// Panics at the first element whose bits differ from the portable result's.
+    fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let differs = |i: &usize| got[*i].to_bits() != want[*i].to_bits();
+        if let Some(i) = (0..got.len()).find(differs) {
+            panic!(
+                "{what}: element {i} is {:e} ({:#x}), portable gives {:e} ({:#x})",
+                got[i],
+                got[i].to_bits(),
+                want[i],
+                want[i].to_bits()
+            );
+        }
+    }
+
+    /// The portable reference for heads `q` (contiguous) sharing KV head `g`.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: usize,
+        w: usize,
+        hd: usize,
+        pos: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; q.len()];
+        let mut s = Vec::new();
+        for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
+            let a = Attend {
+                qh,
+                k_cache: k,
+                v_cache: v,
+                off: g * hd,
+                kv_width: w,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            a.run(&mut s, pos, o);
+        }
+        out
+    }
+
+    /// Every x86 attention path gives the bits of the portable `Attend::run`: the AVX2 build
+    /// of it (V8), and the hand-written AVX2 and AVX-512 kernels (V12) for 1 to 7 heads per
+    /// task (pairs and an odd head in the scores, several V register blocks), over head dims
+    /// with and without an 8-lane tail and positions on both sides of the 8-key blocks.
     #[test]
     fn attend_avx2_equals_portable_bitwise() {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            let mut seed = 12345u64;
-            let mut rnd = || {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            };
-            for &(hd, kvh) in &[(64usize, 3usize), (96, 8), (128, 2), (20, 1)] {
+        {
+            use super::attention::{kernel, Group};
+            if !AttnPath::Avx2Build.supported() {
+                eprintln!("no AVX2: nothing to compare");
+                return;
+            }
+            // The grouped kernels this CPU can run.
+            let kernels: Vec<_> = [AttnPath::Avx2, AttnPath::Avx512]
+                .into_iter()
+                .filter(|p| {
+                    let ok = p.supported();
+                    if !ok {
+                        eprintln!("{p:?} is not supported: not tested on this CPU");
+                    }
+                    ok
+                })
+                .map(|p| (p, kernel(p).expect("a grouped path")))
+                .collect();
+            let mut rng = Rng(12345);
+            let n = 1001;
+            // Scratch reused across calls, as the per-thread buffer is (stale contents).
+            let mut s = vec![f32::NAN; 5];
+            for (case, &hd) in DIMS.iter().chain(&[256]).enumerate() {
+                let kvh = [3, 2, 1][case % 3];
                 let w = hd * kvh;
-                let n = 300;
-                let k: Vec<f32> = (0..n * w).map(|_| rnd()).collect();
-                let v: Vec<f32> = (0..n * w).map(|_| rnd()).collect();
-                let q: Vec<f32> = (0..hd).map(|_| rnd()).collect();
-                for pos in [0, 1, 7, 63, 299] {
+                let k: Vec<f32> = (0..n * w).map(|_| rng.val()).collect();
+                let v: Vec<f32> = (0..n * w).map(|_| rng.val()).collect();
+                let q: Vec<f32> = (0..7 * hd).map(|_| rng.val()).collect();
+                let scale = 1.0 / (hd as f32).sqrt();
+                for pos in POSITIONS {
                     for g in 0..kvh {
-                        let a = Attend {
-                            qh: &q,
-                            k_cache: &k,
-                            v_cache: &v,
-                            off: g * hd,
-                            kv_width: w,
-                            head_dim: hd,
-                            scale: 1.0 / (hd as f32).sqrt(),
-                        };
-                        let (mut s1, mut s2) = (Vec::new(), Vec::new());
-                        let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
-                        a.run(&mut s1, pos, &mut o1);
-                        // SAFETY: AVX2 checked above.
-                        unsafe { a.run_avx2(&mut s2, pos, &mut o2) };
-                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&o1), bits(&o2), "hd {hd} pos {pos} g {g}");
+                        for nh in 1..=7 {
+                            let qs = &q[..nh * hd];
+                            let want = reference(qs, &k, &v, g, w, hd, pos);
+                            let grp = Group {
+                                q: qs,
+                                k_cache: &k,
+                                v_cache: &v,
+                                off: g * hd,
+                                kv_width: w,
+                                head_dim: hd,
+                                scale,
+                            };
+                            let what = format!("hd {hd} pos {pos} kv head {g} heads {nh}");
+                            if nh == 1 {
+                                let a = Attend {
+                                    qh: qs,
+                                    k_cache: &k,
+                                    v_cache: &v,
+                                    off: g * hd,
+                                    kv_width: w,
+                                    head_dim: hd,
+                                    scale,
+                                };
+                                let mut o = vec![0f32; hd];
+                                // SAFETY: AVX2 checked above.
+                                unsafe { a.run_avx2(&mut s, pos, &mut o) };
+                                assert_same_bits(&o, &want, &format!("avx2 build, {what}"));
+                            }
+                            for (p, kernel) in &kernels {
+                                let mut o = vec![f32::NAN; nh * hd];
+                                // SAFETY: the path's features were checked above.
+                                unsafe { kernel(&grp, pos, &mut s, &mut o) };
+                                assert_same_bits(&o, &want, &format!("{p:?}, {what}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `CpuBackend::attention` gives the bits of the portable path on every path and task
+    /// split, for T = 1 and T = 4 rows (each row at its own position), with GQA.
+    #[test]
+    fn attention_paths_equal_portable_bitwise() {
+        let b = CpuBackend::new(ComputePath::Fast, 2).unwrap();
+        let mut rng = Rng(777);
+        // (n_head, n_head_kv, head_dim): SmolLM2, Phi-4-mini, no GQA, odd sizes.
+        let shapes = [(9, 3, 64), (24, 8, 128), (4, 4, 96), (6, 2, 20), (5, 1, 7)];
+        for (n_head, n_kv, hd) in shapes {
+            let w = n_kv * hd;
+            let rows = 304;
+            let k: Vec<f32> = (0..rows * w).map(|_| rng.val()).collect();
+            let v: Vec<f32> = (0..rows * w).map(|_| rng.val()).collect();
+            let q: Vec<f32> = (0..4 * n_head * hd).map(|_| rng.val()).collect();
+            for pos0 in [0, 5, 64, 299] {
+                for t in [1, 4] {
+                    let run = |p: AttnPath, parts: usize| {
+                        b.set_attention_path(p);
+                        b.set_attention_parts(parts);
+                        let mut out = vec![f32::NAN; t * n_head * hd];
+                        b.attention(&q, &k, &v, n_head, n_kv, hd, pos0, t, &mut out);
+                        out
+                    };
+                    let want = run(AttnPath::Portable, 0);
+                    let group = n_head / n_kv;
+                    for p in [
+                        AttnPath::Auto,
+                        AttnPath::Avx2Build,
+                        AttnPath::Avx2,
+                        AttnPath::Avx512,
+                    ] {
+                        for parts in 0..=group {
+                            let what =
+                                format!("{p:?} x{parts} {n_head}/{n_kv}x{hd} pos0 {pos0} T {t}");
+                            assert_same_bits(&run(p, parts), &want, &what);
+                        }
                     }
                 }
             }
