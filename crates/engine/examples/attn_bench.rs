@@ -7,6 +7,8 @@
 //!          --paths avx2build,avx2,avx512 (also portable, auto; avx2build = "old", the V8 path)
 //!          --layers N (separate K/V caches; default the model's layer count, 1 = cache-hot)
 //!          --parts 1,2,3 (variants of the last path with that many tasks per (row, KV head))
+//!          --rpt 1,0 (variants of the last path with that many rows per task; 0 = auto;
+//!          1 = one task per row, as before V14)
 //! ```
 //!
 //! One repetition calls attention once per layer on that many separate K/V caches (30 for
@@ -90,6 +92,7 @@ fn main() {
     let mut paths: Vec<AttnPath> = names.iter().map(|s| path_of(s)).collect();
     // --parts 1,2,3: variants of the last path with that many tasks per (row, KV head).
     let mut parts: Vec<Option<usize>> = paths.iter().map(|_| None).collect();
+    let mut rpts: Vec<usize> = paths.iter().map(|_| 0).collect();
     if let Some(ps) = arg(&args, "--parts") {
         let last = *paths.last().unwrap();
         let lname = names.last().unwrap().clone();
@@ -100,6 +103,22 @@ fn main() {
             paths.push(last);
             names.push(format!("{lname} x{v}"));
             parts.push(Some(v.parse().unwrap()));
+            rpts.push(0);
+        }
+    }
+    // --rpt 1,0: variants of the last path with that many rows per task.
+    if let Some(rs) = arg(&args, "--rpt") {
+        let (last, lname, lpart) = (
+            paths.pop().unwrap(),
+            names.pop().unwrap(),
+            parts.pop().unwrap(),
+        );
+        rpts.pop();
+        for v in rs.split(',') {
+            paths.push(last);
+            names.push(format!("{lname} r{v}"));
+            parts.push(lpart);
+            rpts.push(v.parse().unwrap());
         }
     }
     let shapes = list(&args, "--shapes", "smol,phi");
@@ -149,6 +168,7 @@ fn main() {
                     for (i, &p) in paths.iter().enumerate() {
                         b.set_attention_path(p);
                         b.set_attention_parts(parts[i].unwrap_or(0));
+                        b.set_attention_rows(rpts[i]);
                         let t0 = Instant::now();
                         for l in 0..n_layer {
                             b.attention(

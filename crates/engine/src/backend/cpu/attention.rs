@@ -31,10 +31,17 @@ use super::AttnPath;
 /// Most heads per task (a larger GQA group is split into several tasks).
 pub(super) const MAX_HEADS: usize = 16;
 
-/// The inputs of one task: query heads `q` (`nh` heads of `head_dim`, contiguous) sharing the
-/// KV head at offset `off` of the cache rows.
+/// Most (row, head) queries per task: `rows * nh <= MAX_QUERIES`.
+pub(super) const MAX_QUERIES: usize = 32;
+
+/// The inputs of one task: `rows` consecutive token rows (row `r` at position `pos + r`) times
+/// `nh` query heads, sharing the KV head at offset `off` of the cache rows. Query `(r, h)` is
+/// `q[r * row_stride + h * head_dim..][..head_dim]` (the heads of a row are contiguous).
 pub(super) struct Group<'a> {
     pub q: &'a [f32],
+    pub nh: usize,
+    pub rows: usize,
+    pub row_stride: usize,
     pub k_cache: &'a [f32],
     pub v_cache: &'a [f32],
     pub off: usize,
@@ -43,12 +50,14 @@ pub(super) struct Group<'a> {
     pub scale: f32,
 }
 
-/// A kernel: attention of `g.q`'s heads for one row at position `pos`; `o` gets the heads'
-/// outputs (`q.len()` floats); `scores` is scratch.
+/// A kernel: attention of `g`'s queries, row `r` at position `pos + r` (keys `0..=pos + r`);
+/// the output of query `(r, h)` goes to `o[r * g.row_stride + h * g.head_dim..][..head_dim]`;
+/// `scores` is scratch. Only those floats of `o` are written.
 ///
 /// # Safety
-/// The CPU has the features of the path the kernel was returned for.
-pub(super) type Kernel = unsafe fn(g: &Group, pos: usize, scores: &mut Vec<f32>, o: &mut [f32]);
+/// The CPU has the features of the path the kernel was returned for; `o` is valid for writes
+/// of those floats and nothing else accesses them during the call.
+pub(super) type Kernel = unsafe fn(g: &Group, pos: usize, scores: &mut Vec<f32>, o: *mut f32);
 
 /// The grouped kernel of `path`, if it has one (`Avx2`, `Avx512` on x86-64). Call it only
 /// when `path.supported()`.
@@ -64,7 +73,7 @@ pub(super) fn kernel(path: AttnPath) -> Option<Kernel> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Group, MAX_HEADS};
+    use super::{Group, MAX_QUERIES};
     use std::arch::x86_64::*;
 
     /// Keys per block of the AVX2 V pass when several heads share it (the block's V rows stay in
@@ -255,29 +264,54 @@ mod x86 {
         r
     }
 
-    /// Phases 1 and 2 for every head of `g`: `scores` gets one row of `p_j` per head (row `h` at
-    /// `h * stride`); returns `stride` and `1 / sum` per head. With `AVX512`, heads go in pairs
-    /// through [`dot8x2`].
+    /// The queries of `g`, query `i = r * nh + h` being (row `r`, head `h`): their offsets in
+    /// `g.q` and in the output (`nq` of them) and key counts `pos + 1 + r`.
+    #[inline(always)]
+    fn queries(g: &Group, pos: usize) -> (usize, [usize; MAX_QUERIES], [usize; MAX_QUERIES]) {
+        let (hd, nh, rows) = (g.head_dim, g.nh, g.rows);
+        let nq = nh * rows;
+        assert!(hd > 0 && nh > 0 && rows > 0 && nq <= MAX_QUERIES);
+        assert!(nh * hd <= g.row_stride || rows == 1);
+        assert!(g.q.len() >= (rows - 1) * g.row_stride + nh * hd);
+        let mut at = [0; MAX_QUERIES];
+        let mut ns = [0; MAX_QUERIES];
+        let mut i = 0;
+        for r in 0..rows {
+            for h in 0..nh {
+                at[i] = r * g.row_stride + h * hd;
+                ns[i] = pos + 1 + r;
+                i += 1;
+            }
+        }
+        (nq, at, ns)
+    }
+
+    /// Phases 1 and 2 for every query of `g` (see [`queries`]): `scores` gets one row of `p_j`
+    /// per query (query `i` at `i * stride`, keys below its count); returns `stride` and
+    /// `1 / sum` per query. Scores are computed for keys `0..pos + rows` for every query (the
+    /// ones past a query's count are not used). With `AVX512`, queries go in pairs through
+    /// [`dot8x2`].
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn softmax_rows<const AVX512: bool>(
         g: &Group,
         pos: usize,
         scores: &mut Vec<f32>,
-    ) -> (usize, [f32; MAX_HEADS]) {
+    ) -> (usize, [f32; MAX_QUERIES]) {
         let (hd, w, off) = (g.head_dim, g.kv_width, g.off);
-        let n = pos + 1;
-        let nh = g.q.len() / hd;
-        assert!(hd > 0 && nh <= MAX_HEADS && g.q.len() == nh * hd);
+        let (nq, at, ns) = queries(g, pos);
+        let qp: [*const f32; MAX_QUERIES] =
+            std::array::from_fn(|i| g.q.as_ptr().wrapping_add(at[i]));
+        let n = pos + g.rows;
         assert!(off + hd <= w && g.k_cache.len() >= n * w && g.v_cache.len() >= n * w);
         let (nc, rem) = (hd / 8, hd % 8);
         let tail = (rem > 0).then(|| lane_mask(rem));
-        // One score row per head (every element below `n` is written before it is read).
+        // One score row per query (every element below `n` is written before it is read).
         let stride = n.next_multiple_of(8);
-        if scores.len() < nh * stride {
-            scores.resize(nh * stride, 0.0);
+        if scores.len() < nq * stride {
+            scores.resize(nq * stride, 0.0);
         }
         let s = scores.as_mut_ptr();
-        let q = g.q.as_ptr();
         let k = g.k_cache.as_ptr().add(off);
 
         // 1. Scores, 8 keys at a time (a block's K rows stay in L1 from one head to the next).
@@ -289,8 +323,8 @@ mod x86 {
             let mut h = 0;
             if AVX512 {
                 let scale = _mm512_set1_ps(g.scale);
-                while h + 2 <= nh {
-                    let (qa, qb) = (q.add(h * hd), q.add((h + 1) * hd));
+                while h + 2 <= nq {
+                    let (qa, qb) = (qp[h], qp[h + 1]);
                     let d = _mm512_mul_ps(dot8x2(qa, qb, k.add(j * w), w, nc, tail), scale);
                     _mm256_storeu_ps(s.add(h * stride + j), _mm512_castps512_ps256(d));
                     _mm256_storeu_ps(s.add((h + 1) * stride + j), _mm512_extractf32x8_ps::<1>(d));
@@ -298,23 +332,23 @@ mod x86 {
                 }
             }
             let scale = _mm256_set1_ps(g.scale);
-            for h in h..nh {
-                let d = _mm256_mul_ps(dot8(q.add(h * hd), k.add(j * w), w, nc, tail), scale);
+            for h in h..nq {
+                let d = _mm256_mul_ps(dot8(qp[h], k.add(j * w), w, nc, tail), scale);
                 _mm256_storeu_ps(s.add(h * stride + j), d);
             }
             j += 8;
         }
         for j in j..n {
-            for h in 0..nh {
-                *s.add(h * stride + j) = dot1(q.add(h * hd), k.add(j * w), nc, tail) * g.scale;
+            for h in 0..nq {
+                *s.add(h * stride + j) = dot1(qp[h], k.add(j * w), nc, tail) * g.scale;
             }
         }
 
-        // 2. Softmax weights, per head in key order. (`expf` bounds this loop; batching the sum
+        // 2. Softmax weights, per query in key order. (`expf` bounds this loop; batching the sum
         // or interleaving heads measured slower.)
-        let mut inv = [0f32; MAX_HEADS];
-        for (h, inv) in inv[..nh].iter_mut().enumerate() {
-            let sh = std::slice::from_raw_parts_mut(s.add(h * stride), n);
+        let mut inv = [0f32; MAX_QUERIES];
+        for (h, inv) in inv[..nq].iter_mut().enumerate() {
+            let sh = std::slice::from_raw_parts_mut(s.add(h * stride), ns[h]);
             let max = max_of(sh);
             let mut sum = 0f32;
             for x in sh.iter_mut() {
@@ -390,15 +424,14 @@ mod x86 {
     /// # Safety
     /// AVX2 is available.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn attend_avx2(g: &Group, pos: usize, scores: &mut Vec<f32>, o: &mut [f32]) {
+    pub(super) unsafe fn attend_avx2(g: &Group, pos: usize, scores: &mut Vec<f32>, o: *mut f32) {
         let (stride, inv) = softmax_rows::<false>(g, pos, scores);
         let (hd, w) = (g.head_dim, g.kv_width);
-        let n = pos + 1;
-        let nh = g.q.len() / hd;
-        assert_eq!(o.len(), nh * hd);
+        let (nq, at, ns) = queries(g, pos);
+        let n = pos + g.rows;
         let s = scores.as_ptr();
         let v = g.v_cache.as_ptr().add(g.off);
-        let o = o.as_mut_ptr();
+        let oq: [*mut f32; MAX_QUERIES] = std::array::from_fn(|i| o.wrapping_add(at[i]));
         let (nc, rem) = (hd / 8, hd % 8);
         let mask = lane_mask(rem);
 
@@ -406,12 +439,15 @@ mod x86 {
         // so that a block's V rows are reused from L1.
         let total = nc + usize::from(rem > 0);
         let per = total.div_ceil(total.div_ceil(8));
-        let kb = if nh == 1 { n } else { KEY_BLOCK };
+        let kb = if nq == 1 { n } else { KEY_BLOCK };
         let mut j0 = 0;
         while j0 < n {
-            let m = kb.min(n - j0);
-            let last = j0 + m == n;
-            for h in 0..nh {
+            for h in 0..nq {
+                if j0 >= ns[h] {
+                    continue;
+                }
+                let m = kb.min(ns[h] - j0);
+                let last = j0 + m == ns[h];
                 let mut c0 = 0;
                 while c0 < total {
                     let cn = per.min(total - c0);
@@ -419,11 +455,11 @@ mod x86 {
                     let (p, vb, ob) = (
                         s.add(h * stride + j0),
                         v.add(j0 * w + 8 * c0),
-                        o.add(h * hd + 8 * c0),
+                        oq[h].add(8 * c0),
                     );
                     let inv = last.then_some(inv[h]);
-                    // The first head's pass prefetches for the others.
-                    let n_pf = if h == 0 { n - j0 } else { 0 };
+                    // The first query's pass prefetches for the others.
+                    let n_pf = if h == 0 { ns[0] - j0 } else { 0 };
                     macro_rules! go {
                         ($($c:literal)*) => {
                             match (cn, masked) {
@@ -443,18 +479,19 @@ mod x86 {
                     c0 += cn;
                 }
             }
-            j0 += m;
+            j0 += kb;
         }
     }
 
-    /// `o_h[..16 * NC] = inv_h * sum_j p_h[j] * v_j` for `NH` heads at once over all `n` keys
-    /// (rows `v`, `v + w`, ..) in order, 16 lanes per register; `mask` selects the lanes of the
-    /// last chunk.
+    /// `o_h[..16 * NC] = inv_h * sum_j p_h[j] * v_j` for `NH` queries at once, query `h` over
+    /// keys `j < n[h]` (rows `v`, `v + w`, ..) in order, 16 lanes per register; `mask` selects
+    /// the lanes of the last chunk. Keys below the smallest count are shared by all queries
+    /// (one V load); the few after it go, still in key order, to the queries that have them.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn v_heads512<const NH: usize, const NC: usize>(
         p: [*const f32; NH],
-        n: usize,
+        n: [usize; NH],
         v: *const f32,
         w: usize,
         o: [*mut f32; NH],
@@ -462,9 +499,11 @@ mod x86 {
         inv: [f32; NH],
     ) {
         let mut acc = [[_mm512_setzero_ps(); NC]; NH];
+        let n_min = n.iter().copied().min().unwrap_or(0);
+        let n_max = n.iter().copied().max().unwrap_or(0);
         let mut row = v;
-        for j in 0..n {
-            if j + PREFETCH_V < n {
+        for j in 0..n_min {
+            if j + PREFETCH_V < n_max {
                 prefetch(row.wrapping_add(PREFETCH_V * w), 16 * NC);
             }
             let pj: [__m512; NH] = std::array::from_fn(|h| _mm512_set1_ps(*p[h].add(j)));
@@ -476,6 +515,22 @@ mod x86 {
                 };
                 for h in 0..NH {
                     acc[h][c] = _mm512_add_ps(acc[h][c], _mm512_mul_ps(pj[h], x));
+                }
+            }
+            row = row.add(w);
+        }
+        for j in n_min..n_max {
+            for c in 0..NC {
+                let x = if c == NC - 1 {
+                    _mm512_maskz_loadu_ps(mask, row.add(16 * c))
+                } else {
+                    _mm512_loadu_ps(row.add(16 * c))
+                };
+                for h in 0..NH {
+                    if j < n[h] {
+                        let pj = _mm512_set1_ps(*p[h].add(j));
+                        acc[h][c] = _mm512_add_ps(acc[h][c], _mm512_mul_ps(pj, x));
+                    }
                 }
             }
             row = row.add(w);
@@ -499,29 +554,23 @@ mod x86 {
     /// # Safety
     /// AVX2, AVX-512F and AVX-512DQ are available.
     #[target_feature(enable = "avx2,avx512f,avx512dq")]
-    pub(super) unsafe fn attend_avx512(
-        g: &Group,
-        pos: usize,
-        scores: &mut Vec<f32>,
-        o: &mut [f32],
-    ) {
+    pub(super) unsafe fn attend_avx512(g: &Group, pos: usize, scores: &mut Vec<f32>, o: *mut f32) {
         let (stride, inv) = softmax_rows::<true>(g, pos, scores);
-        let (hd, w) = (g.head_dim, g.kv_width);
-        let n = pos + 1;
-        let nh = g.q.len() / hd;
-        assert_eq!(o.len(), nh * hd);
+        let hd = g.head_dim;
+        let w = g.kv_width;
+        let (nh, at, ns) = queries(g, pos);
         let s = scores.as_ptr();
         let v = g.v_cache.as_ptr().add(g.off);
-        let o = o.as_mut_ptr();
+        let oq: [*mut f32; MAX_QUERIES] = std::array::from_fn(|i| o.wrapping_add(at[i]));
         // 16-lane chunks per head; the last one has `hd - 16 * (total - 1)` lanes.
         let total = hd.div_ceil(16);
         let full: __mmask16 = 0xffff;
         let tail_mask: __mmask16 = full >> (16 * total - hd);
         let mut h0 = 0;
         while h0 < nh {
-            // Up to 4 heads per pass, and chunks per pass such that heads x chunks <= 24
-            // accumulators (in balanced blocks).
-            let hn = (nh - h0).min(4);
+            // Up to 4 queries per pass (6 when they fit whole: head_dim <= 64), and chunks per
+            // pass such that queries x chunks <= 24 accumulators (in balanced blocks).
+            let hn = (nh - h0).min(if total <= 4 { 6 } else { 4 });
             let per = total.div_ceil(total.div_ceil((24 / hn).min(8)));
             let mut c0 = 0;
             while c0 < total {
@@ -533,10 +582,10 @@ mod x86 {
                         match cn {
                             $($c => v_heads512::<$h, $c>(
                                 std::array::from_fn(|i| s.add((h0 + i) * stride)),
-                                n,
+                                std::array::from_fn(|i| ns[h0 + i]),
                                 vb,
                                 w,
-                                std::array::from_fn(|i| o.add((h0 + i) * hd + 16 * c0)),
+                                std::array::from_fn(|i| oq[h0 + i].add(16 * c0)),
                                 mask,
                                 std::array::from_fn(|i| inv[h0 + i]),
                             ),)*
@@ -548,7 +597,9 @@ mod x86 {
                     1 => go!(1, 1 2 3 4 5 6 7 8),
                     2 => go!(2, 1 2 3 4 5 6 7 8),
                     3 => go!(3, 1 2 3 4 5 6 7 8),
-                    _ => go!(4, 1 2 3 4 5 6),
+                    4 => go!(4, 1 2 3 4 5 6),
+                    5 => go!(5, 1 2 3 4),
+                    _ => go!(6, 1 2 3 4),
                 }
                 c0 += cn;
             }

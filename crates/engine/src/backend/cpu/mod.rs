@@ -38,6 +38,8 @@ pub struct CpuBackend {
     attn_path: AtomicU8,
     /// Tasks per (row, KV head) of the grouped attention paths; 0: as few as possible.
     attn_parts: AtomicUsize,
+    /// Token rows per task of the grouped attention paths; 0: chosen from the shape.
+    attn_rows: AtomicUsize,
 }
 
 /// A weight matrix `[n_out, n_in]`.
@@ -67,6 +69,7 @@ impl CpuBackend {
             acts: Default::default(),
             attn_path: AtomicU8::new(0),
             attn_parts: AtomicUsize::new(0),
+            attn_rows: AtomicUsize::new(0),
         })
     }
 
@@ -80,6 +83,7 @@ impl CpuBackend {
             acts: Default::default(),
             attn_path: AtomicU8::new(self.attn_path.load(Ordering::Relaxed)),
             attn_parts: AtomicUsize::new(self.attn_parts.load(Ordering::Relaxed)),
+            attn_rows: AtomicUsize::new(self.attn_rows.load(Ordering::Relaxed)),
         }
     }
 
@@ -95,6 +99,13 @@ impl CpuBackend {
     #[doc(hidden)]
     pub fn set_attention_parts(&self, parts: usize) {
         self.attn_parts.store(parts, Ordering::Relaxed);
+    }
+
+    /// Token rows per task of the grouped attention paths (at least 1, at most what fits
+    /// `MAX_QUERIES`; 0: chosen from the shape and the thread count). Benchmarks and tests.
+    #[doc(hidden)]
+    pub fn set_attention_rows(&self, rows: usize) {
+        self.attn_rows.store(rows, Ordering::Relaxed);
     }
 
     pub fn threads(&self) -> usize {
@@ -528,27 +539,47 @@ impl Backend for CpuBackend {
         let dst = SyncPtr(out.as_mut_ptr());
         let path = ATTN_PATHS[self.attn_path.load(Ordering::Relaxed) as usize].resolve();
         if let Some(kernel) = attention::kernel(path) {
-            // A task is one row and the heads of one part of a GQA group (the whole group
-            // unless it has more than `MAX_HEADS` heads): they share the KV head's rows, read
-            // once for all of them.
+            // A task is a run of consecutive rows and the heads of one part of a GQA group (the
+            // whole group unless it has more than `MAX_HEADS` heads): they share the KV head's
+            // rows, each K and V row read once for all of them (V14).
             let min_parts = group.div_ceil(attention::MAX_HEADS);
             let parts = match self.attn_parts.load(Ordering::Relaxed) {
                 0 => min_parts,
                 p => p.clamp(min_parts, group),
             };
-            let per_row = n_head_kv * parts;
-            self.pool.run(n_rows * per_row, &|idx| {
-                let (t, r) = (idx / per_row, idx % per_row);
+            let max_heads = group.div_ceil(parts);
+            let max_rows = (attention::MAX_QUERIES / max_heads).max(1);
+            let rows = match self.attn_rows.load(Ordering::Relaxed) {
+                // All rows in one task when that leaves at least 2 tasks per thread, else
+                // split the rows so that it does (3 groups on 2 threads would not balance).
+                0 => {
+                    let per_chunk = n_head_kv * parts;
+                    let chunks = (2 * self.pool.threads())
+                        .div_ceil(per_chunk)
+                        .clamp(1, n_rows);
+                    n_rows.div_ceil(chunks)
+                }
+                r => r,
+            }
+            .clamp(1, max_rows);
+            let chunks = n_rows.div_ceil(rows);
+            let per_chunk = n_head_kv * parts;
+            let row_stride = n_head * head_dim;
+            self.pool.run(chunks * per_chunk, &|idx| {
+                let (c, r) = (idx / per_chunk, idx % per_chunk);
+                // Rows t0..t1 (balanced chunks).
+                let (t0, t1) = (c * n_rows / chunks, (c + 1) * n_rows / chunks);
                 let (kvh, part) = (r / parts, r % parts);
-                // Heads h0..h1 of the row, all in KV head `kvh`'s group.
+                // Heads h0..h1 of each row, all in KV head `kvh`'s group.
                 let h0 = kvh * group + part * group / parts;
                 let h1 = kvh * group + (part + 1) * group / parts;
-                let (base, len) = ((t * n_head + h0) * head_dim, (h1 - h0) * head_dim);
-                // SAFETY: task `idx` alone writes `out[base..][..len]` (heads h0..h1 of row
-                // t), which is in bounds (`out` holds `n_rows * n_head * head_dim` floats).
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(base), len) };
+                let base = t0 * n_head * head_dim + h0 * head_dim;
+                let len = (t1 - t0 - 1) * row_stride + (h1 - h0) * head_dim;
                 let g = attention::Group {
                     q: &q[base..base + len],
+                    nh: h1 - h0,
+                    rows: t1 - t0,
+                    row_stride,
                     k_cache,
                     v_cache,
                     off: kvh * head_dim,
@@ -556,9 +587,12 @@ impl Backend for CpuBackend {
                     head_dim,
                     scale,
                 };
-                // Keys 0..=pos in order for every head, whatever T, the split and the thread.
-                // SAFETY: `resolve` checked the path's CPU features.
-                SCORES.with_borrow_mut(|s| unsafe { kernel(&g, pos0 + t, s, o) });
+                // Keys 0..=pos in order for every (row, head), whatever T, the split and the
+                // thread.
+                // SAFETY: `resolve` checked the path's CPU features; task `idx` alone writes
+                // heads h0..h1 of rows t0..t1 of `out`, which are in bounds (`out` holds
+                // `n_rows * n_head * head_dim` floats).
+                SCORES.with_borrow_mut(|s| unsafe { kernel(&g, pos0 + t0, s, dst.at(base)) });
             });
             return;
         }
@@ -736,6 +770,9 @@ mod attend_tests {
                             let want = reference(qs, &k, &v, g, w, hd, pos);
                             let grp = Group {
                                 q: qs,
+                                nh,
+                                rows: 1,
+                                row_stride: nh * hd,
                                 k_cache: &k,
                                 v_cache: &v,
                                 off: g * hd,
@@ -762,7 +799,7 @@ mod attend_tests {
                             for (p, kernel) in &kernels {
                                 let mut o = vec![f32::NAN; nh * hd];
                                 // SAFETY: the path's features were checked above.
-                                unsafe { kernel(&grp, pos, &mut s, &mut o) };
+                                unsafe { kernel(&grp, pos, &mut s, o.as_mut_ptr()) };
                                 assert_same_bits(&o, &want, &format!("{p:?}, {what}"));
                             }
                         }
@@ -773,7 +810,8 @@ mod attend_tests {
     }
 
     /// `CpuBackend::attention` gives the bits of the portable path on every path and task
-    /// split, for T = 1 and T = 4 rows (each row at its own position), with GQA.
+    /// split (heads per task and rows per task), for T = 1 to 8 rows (each row at its own
+    /// position, causal), with GQA.
     #[test]
     fn attention_paths_equal_portable_bitwise() {
         let b = CpuBackend::new(ComputePath::Fast, 2).unwrap();
@@ -785,17 +823,35 @@ mod attend_tests {
             let rows = 304;
             let k: Vec<f32> = (0..rows * w).map(|_| rng.val()).collect();
             let v: Vec<f32> = (0..rows * w).map(|_| rng.val()).collect();
-            let q: Vec<f32> = (0..4 * n_head * hd).map(|_| rng.val()).collect();
-            for pos0 in [0, 5, 64, 299] {
-                for t in [1, 4] {
-                    let run = |p: AttnPath, parts: usize| {
+            let q: Vec<f32> = (0..8 * n_head * hd).map(|_| rng.val()).collect();
+            for pos0 in [0, 1, 5, 7, 64, 100, 296] {
+                for t in [1, 2, 3, 4, 5, 8] {
+                    // The reference: `Attend::run` per (row, head), keys 0..=pos0 + row.
+                    let mut want = vec![f32::NAN; t * n_head * hd];
+                    let mut s = Vec::new();
+                    for (i, o) in want.chunks_exact_mut(hd).enumerate() {
+                        let (row, h) = (i / n_head, i % n_head);
+                        let a = Attend {
+                            qh: &q[i * hd..(i + 1) * hd],
+                            k_cache: &k,
+                            v_cache: &v,
+                            off: h / (n_head / n_kv) * hd,
+                            kv_width: w,
+                            head_dim: hd,
+                            scale: 1.0 / (hd as f32).sqrt(),
+                        };
+                        a.run(&mut s, pos0 + row, o);
+                    }
+                    let run = |p: AttnPath, parts: usize, rows: usize| {
                         b.set_attention_path(p);
                         b.set_attention_parts(parts);
+                        b.set_attention_rows(rows);
                         let mut out = vec![f32::NAN; t * n_head * hd];
                         b.attention(&q, &k, &v, n_head, n_kv, hd, pos0, t, &mut out);
                         out
                     };
-                    let want = run(AttnPath::Portable, 0);
+                    let portable = run(AttnPath::Portable, 0, 0);
+                    assert_same_bits(&portable, &want, &format!("portable pos0 {pos0} T {t}"));
                     let group = n_head / n_kv;
                     for p in [
                         AttnPath::Auto,
@@ -804,13 +860,17 @@ mod attend_tests {
                         AttnPath::Avx512,
                     ] {
                         for parts in 0..=group {
-                            let what =
-                                format!("{p:?} x{parts} {n_head}/{n_kv}x{hd} pos0 {pos0} T {t}");
-                            assert_same_bits(&run(p, parts), &want, &what);
+                            for r in [0, 1, 2, 3, t] {
+                                let what = format!(
+                                    "{p:?} x{parts} rows {r} {n_head}/{n_kv}x{hd} pos0 {pos0} T {t}"
+                                );
+                                assert_same_bits(&run(p, parts, r), &want, &what);
+                            }
                         }
                     }
                 }
             }
         }
+        b.set_attention_rows(0);
     }
 }
