@@ -1,7 +1,8 @@
-//! Grouped attention kernels (hand-written x86): one token row and the query heads of one
-//! task, which share a KV head (a GQA group, or part of one). For every head the bits are
-//! those of the portable `Attend::run`: the same operations on the same operands in the same
-//! order; only independent operations (other keys, other heads, other lanes) are interleaved.
+//! Grouped attention kernels (hand-written x86): the queries of one task are (token row, head)
+//! pairs, a run of consecutive rows times the heads that share a KV head (a GQA group, or part
+//! of one); row `r` sees keys `0..=pos + r` (V14). For every query the bits are those of the
+//! portable `Attend::run`: the same operations on the same operands in the same order; only
+//! independent operations (other keys, other queries, other lanes) are interleaved.
 //!
 //! Per head, keys `j = 0..=pos` (the canonical order, docs/KERNELS.md "V12"):
 //! 1. `s_j = dot_f32(q, k_j) * scale`: 8 lane accumulators over 8-float chunks (tail element
