@@ -549,11 +549,11 @@ impl Backend for CpuBackend {
             };
             let max_heads = group.div_ceil(parts);
             let max_rows = (attention::MAX_QUERIES / max_heads).max(1);
+            let per_chunk = n_head_kv * parts;
             let rows = match self.attn_rows.load(Ordering::Relaxed) {
                 // All rows in one task when that leaves at least 2 tasks per thread, else
                 // split the rows so that it does (3 groups on 2 threads would not balance).
                 0 => {
-                    let per_chunk = n_head_kv * parts;
                     let chunks = (2 * self.pool.threads())
                         .div_ceil(per_chunk)
                         .clamp(1, n_rows);
@@ -563,7 +563,6 @@ impl Backend for CpuBackend {
             }
             .clamp(1, max_rows);
             let chunks = n_rows.div_ceil(rows);
-            let per_chunk = n_head_kv * parts;
             let row_stride = n_head * head_dim;
             self.pool.run(chunks * per_chunk, &|idx| {
                 let (c, r) = (idx / per_chunk, idx % per_chunk);

@@ -362,8 +362,15 @@ impl PackedMatrix {
 
     /// Row `o` as f32 values (the format's own dequantization; equal to ggml's).
     pub fn dequantize_row(&self, o: usize, out: &mut [f32]) {
-        let mut buf = Vec::new();
-        let wrow = self.rows_form(o, &mut buf);
+        if self.layout == Layout::Tiles16 {
+            // Straight from the GGUF bytes (an embedding lookup per token takes this path).
+            let mut gguf = vec![0u8; self.row_bytes];
+            self.tiled_gguf_row(o, &mut gguf);
+            crate::quant::dequantize_row(self.format.ggml_type(), &gguf, out)
+                .expect("a tiled row has its format's row size");
+            return;
+        }
+        let wrow = self.row(o);
         let nb = self.n_in / QK;
         let (mut b0, mut off) = (0, 0);
         while b0 < nb {

@@ -588,7 +588,9 @@ macro_rules! lanes16 {
 
 /// One tile (16 rows) of a tiled block-32 format against `NT` activation rows; `out` is
 /// output row 0 of the tile for activation row 0, activation rows `stride` apart.
-/// `rec`: record bytes; `params(rec_ptr) -> (d, m)`; `dots(rec_ptr, t, b) -> isum`.
+/// `$rec`: record bytes; `$prep(rec)` loads a record's scales and weight granules once;
+/// `$dots(prep, x_q, nb, b)` is the raw integer dot with one activation row; `$update` turns it
+/// into the block's canonical float value.
 macro_rules! tile512 {
     ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
