@@ -388,51 +388,91 @@ unsafe fn run_rows(
     if w.layout() == Layout::Tiles16 {
         return run_tiles(path, w, x, n_rows, rows, out);
     }
-    // Blocks of ROW_BLOCK output rows, every activation tile against each block: the block's
-    // weights are read from memory once and from L1 for the following tiles.
-    let mut o0 = rows.start;
-    while o0 < rows.end {
-        let nr = (rows.end - o0).min(ROW_BLOCK);
-        let mut t0 = 0;
-        while t0 < n_rows {
-            let nt = (n_rows - t0).min(TILE);
-            #[cfg(target_arch = "x86_64")]
-            let o = x86::Out {
-                ptr: out.0.add(t0 * n_out + o0),
-                stride: n_out,
-                rows: nr,
-                row_bytes: w.row_bytes(),
-            };
-            match path {
+    // Blocks of up to ROW_BLOCK output rows, every activation tile against each block: the
+    // block's weights are read from memory once and from L1 for the following tiles. For one
+    // activation row (decode) the range is instead cut into `streams` parts visited
+    // round-robin, one row of each in turn, so that several weight streams are in flight: the
+    // hardware prefetchers serve four streams faster than one (V15).
+    let (streams, block) = match n_rows {
+        1 => (row_streams(), 1),
+        _ => (1, ROW_BLOCK),
+    };
+    let n = rows.end - rows.start;
+    let streams = streams.min(n).max(1);
+    let part = n.div_ceil(streams).next_multiple_of(block);
+    let mut next = [0usize; MAX_STREAMS];
+    for (k, o) in next[..streams].iter_mut().enumerate() {
+        *o = rows.start + k * part;
+    }
+    loop {
+        let mut any = false;
+        for (k, o0r) in next[..streams].iter_mut().enumerate() {
+            let end = (rows.start + (k + 1) * part).min(rows.end);
+            if *o0r >= end {
+                continue;
+            }
+            any = true;
+            let o0 = *o0r;
+            let nr = (end - o0).min(block);
+            let mut t0 = 0;
+            while t0 < n_rows {
+                let nt = (n_rows - t0).min(TILE);
                 #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx2 => {
-                    x86::rows_avx2(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
-                }
-                #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx512Vnni => {
-                    x86::rows_avx512(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
-                }
-                _ => {
-                    for r in o0..o0 + nr {
-                        let mut res = [0f32; TILE];
-                        #[cfg(target_arch = "aarch64")]
-                        if path == KernelPath::NeonDot {
-                            neon::row_neon(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
-                        } else {
+                let o = x86::Out {
+                    ptr: out.0.add(t0 * n_out + o0),
+                    stride: n_out,
+                    rows: nr,
+                    row_bytes: w.row_bytes(),
+                };
+                match path {
+                    #[cfg(target_arch = "x86_64")]
+                    KernelPath::Avx2 => {
+                        x86::rows_avx2(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    KernelPath::Avx512Vnni => {
+                        x86::rows_avx512(w.format(), w.row(o0).as_ptr(), w.n_in(), x, t0, nt, &o)
+                    }
+                    _ => {
+                        for r in o0..o0 + nr {
+                            let mut res = [0f32; TILE];
+                            #[cfg(target_arch = "aarch64")]
+                            if path == KernelPath::NeonDot {
+                                neon::row_neon(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                            } else {
+                                scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
+                            }
+                            #[cfg(not(target_arch = "aarch64"))]
                             scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
-                        }
-                        #[cfg(not(target_arch = "aarch64"))]
-                        scalar::row(w.format(), w.row(r), w.n_in(), x, t0, nt, &mut res);
-                        for (i, &v) in res[..nt].iter().enumerate() {
-                            *out.0.add((t0 + i) * n_out + r) = v;
+                            for (i, &v) in res[..nt].iter().enumerate() {
+                                *out.0.add((t0 + i) * n_out + r) = v;
+                            }
                         }
                     }
                 }
+                t0 += nt;
             }
-            t0 += nt;
+            *o0r += nr;
         }
-        o0 += nr;
+        if !any {
+            break;
+        }
     }
+}
+
+const MAX_STREAMS: usize = 8;
+
+/// Weight streams of a rows-layout matmul with one activation row (default 4;
+/// `VERISPEC_ROW_STREAMS`, read once, 1..=8, is a tuning knob: results never depend on it).
+fn row_streams() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("VERISPEC_ROW_STREAMS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=MAX_STREAMS).contains(n))
+            .unwrap_or(4)
+    })
 }
 
 /// [`run_rows`] for a [`Layout::Tiles16`] matrix; `rows` must start and end on tile
@@ -450,7 +490,43 @@ unsafe fn run_tiles(
         "row range {rows:?} is not made of whole tiles"
     );
     let n_out = w.n_out();
-    for tile in rows.start / TILE_ROWS..rows.end / TILE_ROWS {
+    let mut first = rows.start / TILE_ROWS;
+    let last = rows.end / TILE_ROWS;
+    #[cfg(target_arch = "x86_64")]
+    if path == KernelPath::Avx512Vnni {
+        macro_rules! multi {
+            ($mt:literal) => {
+                while last - first >= $mt {
+                    let mut t0 = 0;
+                    while t0 < n_rows {
+                        let nt = (n_rows - t0).min(TILE);
+                        x86::tiles_avx512::<$mt>(
+                            w.format(),
+                            std::array::from_fn(|m| w.tile(first + m).as_ptr()),
+                            w.n_in(),
+                            x,
+                            t0,
+                            nt,
+                            std::array::from_fn(|m| {
+                                out.0.add(t0 * n_out + (first + m) * TILE_ROWS)
+                            }),
+                            n_out,
+                        );
+                        t0 += nt;
+                    }
+                    first += $mt;
+                }
+            };
+        }
+        match multi_tiles() {
+            2 => multi!(2),
+            3 => multi!(3),
+            4 => multi!(4),
+            8 => multi!(8),
+            _ => {}
+        }
+    }
+    for tile in first..last {
         let o0 = tile * TILE_ROWS;
         let mut t0 = 0;
         while t0 < n_rows {
@@ -483,6 +559,21 @@ unsafe fn run_tiles(
             t0 += nt;
         }
     }
+}
+
+/// How many tiles a tiled matmul reads in lockstep (default 4; `VERISPEC_MULTI_TILES`, read
+/// once, one of 1, 2, 3, 4, 8, is a tuning knob: results never depend on it). One weight stream
+/// per thread leaves read bandwidth unused on the development machine; four concurrent streams
+/// give +8-13% decode (docs/KERNELS.md V15).
+fn multi_tiles() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("VERISPEC_MULTI_TILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| [1, 2, 3, 4, 8].contains(n))
+            .unwrap_or(4)
+    })
 }
 
 /// `out[t][o] = dot(w[o], x[t])` for `t < n_rows`, on this thread, with the detected path.

@@ -605,3 +605,68 @@ fn tiles_batch_and_thread_invariance() {
         }
     }
 }
+
+/// Every output element is written, once, with the canonical value: each `(t, o)` is checked
+/// against `scalar::row_dot` of that row alone (not through the row iteration), for row
+/// counts that do and do not divide into the weight streams of V15 (several rows or tiles in
+/// flight per task), on every path, both layouts and 1 or 2 threads.
+#[test]
+fn every_output_is_written_with_the_row_dot() {
+    let pool1 = Pool::new(1).unwrap();
+    let pool2 = Pool::new(2).unwrap();
+    for ty in native_types() {
+        let n_in = widths(ty)[0];
+        for n_out in [1, 3, 16, 17, 48, 80, 144, 160, 403] {
+            let data = gen_tensor(ty, n_out, n_in, 53 + n_out as u64);
+            let mut mats =
+                vec![PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Rows).unwrap()];
+            if tiled_types().contains(&ty) && n_out % TILE_ROWS == 0 {
+                mats.push(
+                    PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Tiles16)
+                        .unwrap(),
+                );
+            }
+            let rb = data.len() / n_out;
+            for n_rows in [1, 2, 5] {
+                let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 59), n_rows, n_in);
+                let mut want = vec![0u32; n_rows * n_out];
+                for t in 0..n_rows {
+                    for o in 0..n_out {
+                        let pw = PackedMatrix::from_ggml_layout(
+                            ty,
+                            &data[o * rb..(o + 1) * rb],
+                            1,
+                            n_in,
+                            Layout::Rows,
+                        )
+                        .unwrap();
+                        want[t * n_out + o] =
+                            scalar::row_dot(pw.format(), pw.row(0), n_in, x.row(t)).to_bits();
+                    }
+                }
+                for w in &mats {
+                    for &p in &KernelPath::available() {
+                        let got = bits(&run(p, w, &x, n_rows));
+                        assert_eq!(
+                            got,
+                            want,
+                            "{ty} [{n_out}] T {n_rows} {:?} {}",
+                            w.layout(),
+                            p.name()
+                        );
+                    }
+                    for pool in [&pool1, &pool2] {
+                        let mut out = vec![f32::NAN; n_rows * n_out];
+                        matmul_pool(pool, w, &x, n_rows, &mut out);
+                        assert_eq!(
+                            bits(&out),
+                            want,
+                            "{ty} [{n_out}] T {n_rows} {:?} pool",
+                            w.layout()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
