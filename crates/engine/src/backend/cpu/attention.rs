@@ -507,7 +507,10 @@ mod x86 {
             if j + PREFETCH_V < n_max {
                 prefetch(row.wrapping_add(PREFETCH_V * w), 16 * NC);
             }
-            let pj: [__m512; NH] = std::array::from_fn(|h| _mm512_set1_ps(*p[h].add(j)));
+            let mut pj = [_mm512_setzero_ps(); NH];
+            for h in 0..NH {
+                pj[h] = _mm512_set1_ps(*p[h].add(j));
+            }
             for c in 0..NC {
                 let x = if c == NC - 1 {
                     _mm512_maskz_loadu_ps(mask, row.add(16 * c))

@@ -312,7 +312,11 @@ unsafe fn q8_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
                             _mm512_dpbusd_epi32(isum[k % 2][t], wq, xgran(x.q[t], b0, g, k, m));
                     }
                 }
-                std::array::from_fn(|t| _mm512_add_epi32(isum[0][t], isum[1][t]))
+                let mut r = [_mm512_setzero_si512(); NT];
+                for t in 0..NT {
+                    r[t] = _mm512_add_epi32(isum[0][t], isum[1][t]);
+                }
+                r
             };
             for t in 0..NT {
                 let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
@@ -570,8 +574,16 @@ unsafe fn xbcast(q: *const i8, nb: usize, b: usize, k: usize) -> __m512i {
 /// The canonical tree over 16 lane accumulators, lane-wise: 16 outputs.
 #[inline(always)]
 unsafe fn tree_tile(acc: &[__m512; GROUP]) -> __m512 {
-    let h8: [__m512; 8] = std::array::from_fn(|i| _mm512_add_ps(acc[i], acc[i + 8]));
-    let h4: [__m512; 4] = std::array::from_fn(|i| _mm512_add_ps(h8[i], h8[i + 4]));
+    // Loops, not `array::from_fn`: a closure does not inherit the caller's target features,
+    // so the intrinsics inside it would not inline.
+    let mut h8 = [_mm512_setzero_ps(); 8];
+    for i in 0..8 {
+        h8[i] = _mm512_add_ps(acc[i], acc[i + 8]);
+    }
+    let mut h4 = [_mm512_setzero_ps(); 4];
+    for i in 0..4 {
+        h4[i] = _mm512_add_ps(h8[i], h8[i + 4]);
+    }
     _mm512_add_ps(_mm512_add_ps(h4[0], h4[2]), _mm512_add_ps(h4[1], h4[3]))
 }
 
@@ -671,9 +683,13 @@ struct Q8Tile {
 
 #[inline(always)]
 unsafe fn q8_tile_prep(rec: *const u8) -> Q8Tile {
+    let mut q = [_mm512_setzero_si512(); 8];
+    for k in 0..8 {
+        q[k] = _mm512_loadu_si512(rec.add(32 + 64 * k) as *const _);
+    }
     Q8Tile {
         d: _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i)),
-        q: std::array::from_fn(|k| _mm512_loadu_si512(rec.add(32 + 64 * k) as *const _)),
+        q,
     }
 }
 
@@ -709,11 +725,13 @@ struct Q4Tile {
 #[inline(always)]
 unsafe fn q4_tile_nibbles(p: *const u8) -> ([__m512i; 4], [__m512i; 4]) {
     let m0f = _mm512_set1_epi8(0x0f);
-    let v: [__m512i; 4] = std::array::from_fn(|k| _mm512_loadu_si512(p.add(64 * k) as *const _));
-    (
-        std::array::from_fn(|k| _mm512_and_si512(v[k], m0f)),
-        std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi16::<4>(v[k]), m0f)),
-    )
+    let (mut lo, mut hi) = ([m0f; 4], [m0f; 4]);
+    for k in 0..4 {
+        let v = _mm512_loadu_si512(p.add(64 * k) as *const _);
+        lo[k] = _mm512_and_si512(v, m0f);
+        hi[k] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+    }
+    (lo, hi)
 }
 
 #[inline(always)]
