@@ -440,12 +440,14 @@ unsafe fn q4k_params512(wp: *const u8, s: usize) -> (__m512, __m512) {
     } else {
         ([0u8; 8], [0u8; 8], 0.0, 0.0)
     };
-    let v = |a: [u8; 8], b: [u8; 8]| {
+    // A nested fn, not a closure: a closure would not inherit the target features.
+    #[inline(always)]
+    unsafe fn v(a: [u8; 8], b: [u8; 8]) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(
             i64::from_le_bytes(b),
             i64::from_le_bytes(a),
         )))
-    };
+    }
     (
         _mm512_mul_ps(per_superblock(d0, d1), v(sc0, sc1)),
         _mm512_mul_ps(per_superblock(dm0, dm1), v(m0, m1)),
