@@ -90,11 +90,15 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Read bandwidth: `threads` threads each stream their own buffer (1 GiB in total) with 256-bit
-/// loads; the best of `tries` passes, in GB/s.
+/// Read bandwidth: `threads` threads each read their own buffer (1 GiB in total) with 256-bit
+/// loads; the best of `tries` passes, in GB/s. Each thread reads its buffer as
+/// [`PROBE_STREAMS`] interleaved streams, the access pattern of the matmul kernels (one
+/// sequential stream per thread reads 10-15% less on the development machine; see
+/// docs/KERNELS.md V15).
 pub fn bandwidth_probe(threads: usize, total_bytes: usize, tries: usize) -> f64 {
     let threads = threads.max(1);
-    let per = (total_bytes / threads) & !63;
+    // Whole 128-byte steps in each of the streams.
+    let per = total_bytes / threads / (128 * PROBE_STREAMS) * (128 * PROBE_STREAMS);
     let bufs: Vec<Vec<u64>> = (0..threads)
         .map(|t| (0..per / 8).map(|i| i as u64 ^ t as u64).collect())
         .collect();
@@ -115,6 +119,9 @@ pub fn bandwidth_probe(threads: usize, total_bytes: usize, tries: usize) -> f64 
     best
 }
 
+/// Streams per thread in [`bandwidth_probe`].
+pub const PROBE_STREAMS: usize = 4;
+
 fn stream_sum(b: &[u64]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -126,26 +133,28 @@ fn stream_sum(b: &[u64]) -> u64 {
     b.iter().fold(0u64, |a, &x| a ^ x)
 }
 
+/// XOR of `b` read as [`PROBE_STREAMS`] equal parts, 128 bytes of each in turn; `b.len()` is a
+/// multiple of `16 * PROBE_STREAMS`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn stream_sum_avx2(b: &[u64]) -> u64 {
     use std::arch::x86_64::*;
-    let n = b.len() / 16;
-    let p = b.as_ptr() as *const __m256i;
-    let (mut a0, mut a1, mut a2, mut a3) = (
-        _mm256_setzero_si256(),
-        _mm256_setzero_si256(),
-        _mm256_setzero_si256(),
-        _mm256_setzero_si256(),
-    );
+    let part = b.len() / PROBE_STREAMS;
+    let n = part / 16;
+    let mut acc = [_mm256_setzero_si256(); PROBE_STREAMS];
     for i in 0..n {
-        // Four 256-bit loads per 128 bytes; unaligned loads are as fast on aligned data.
-        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(p.add(4 * i)));
-        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(p.add(4 * i + 1)));
-        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(p.add(4 * i + 2)));
-        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(p.add(4 * i + 3)));
+        for (k, a) in acc.iter_mut().enumerate() {
+            // Four 256-bit loads per 128 bytes; unaligned loads are as fast on aligned data.
+            let p = b.as_ptr().add(k * part + 16 * i) as *const __m256i;
+            let x = _mm256_xor_si256(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1)));
+            let y = _mm256_xor_si256(_mm256_loadu_si256(p.add(2)), _mm256_loadu_si256(p.add(3)));
+            *a = _mm256_xor_si256(*a, _mm256_xor_si256(x, y));
+        }
     }
-    let x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    let mut x = _mm256_setzero_si256();
+    for a in acc {
+        x = _mm256_xor_si256(x, a);
+    }
     let mut out = [0u64; 4];
     _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, x);
     out.iter().fold(0, |a, &v| a ^ v)
