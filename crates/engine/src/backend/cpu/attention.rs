@@ -12,7 +12,8 @@
 //!    reduces the 8 keys at once with the same pairings. With AVX-512 a `__m512` holds two
 //!    heads of one key (the K chunk is loaded once, broadcast to both halves).
 //! 2. `max` of the scores (its value; the sign of a zero maximum cannot change `s_j - max`),
-//!    then `p_j = (s_j - max).exp()` (libm `expf`) and `sum += p_j` in key order.
+//!    then `p_j = exp_neg(s_j - max)` (`softmax_exp.rs`, SIMD lanes with the scalar bits) and
+//!    `sum += p_j` in key order.
 //! 3. `o[d] = sum_j p_j * v_j[d]` in key order for every `d` (lane-wise, so the vector width
 //!    does not matter), then `o[d] *= 1 / sum`. The accumulators of up to 4 heads stay in
 //!    registers over all keys (AVX-512), or over a block of keys (AVX2: between blocks they go
@@ -345,16 +346,15 @@ mod x86 {
             }
         }
 
-        // 2. Softmax weights, per query in key order. (`expf` bounds this loop; batching the sum
-        // or interleaving heads measured slower.)
+        // 2. Softmax weights, per query in key order.
         let mut inv = [0f32; MAX_QUERIES];
         for (h, inv) in inv[..nq].iter_mut().enumerate() {
             let sh = std::slice::from_raw_parts_mut(s.add(h * stride), ns[h]);
             let max = max_of(sh);
+            super::super::softmax_exp::exp_sub_max(sh, max);
             let mut sum = 0f32;
-            for x in sh.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
+            for &x in sh.iter() {
+                sum += x;
             }
             *inv = 1.0 / sum;
         }

@@ -4,6 +4,7 @@
 mod attention;
 pub mod kernels;
 pub mod pool;
+mod softmax_exp;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -234,10 +235,10 @@ impl Attend<'_> {
             *s = dot_f32(self.qh, k) * self.scale;
             max = max.max(*s);
         }
+        softmax_exp::exp_sub_max(scores, max);
         let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        for &s in scores.iter() {
+            sum += s;
         }
         o.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {

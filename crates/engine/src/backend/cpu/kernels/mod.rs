@@ -110,6 +110,32 @@ fn round_half_away(v: f32) -> i8 {
     r.clamp(-128, 127) as i8 // as `f32 as i8` saturates
 }
 
+/// One activation block: `d = amax / 127`, `q = round_half_away(x / d)` (all zero if
+/// `d == 0`). NaN elements are ignored by the max and quantize to 0.
+fn quantize_block_scalar(xb: &[f32; QK]) -> (f32, [i8; QK]) {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let mut q = [0i8; QK];
+    if d != 0.0 {
+        for (qk, &v) in q.iter_mut().zip(xb) {
+            *qk = round_half_away(v / d);
+        }
+    }
+    (d, q)
+}
+
+/// [`quantize_block_scalar`] with AVX-512 where present (the same bits: the max is exact in
+/// any order, the division is IEEE, and the rounding is the same exact steps).
+#[inline]
+fn quantize_block(xb: &[f32; QK]) -> (f32, [i8; QK]) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelPath::Avx512Vnni.is_available() {
+        // SAFETY: AVX-512 F/BW/VL are part of the Avx512Vnni path's features.
+        return unsafe { x86::quantize_block_avx512(xb) };
+    }
+    quantize_block_scalar(xb)
+}
+
 /// Activations `[n_rows, n_in]` quantized per row to int8 blocks of 32 with one f32 scale per
 /// block: `d = amax / 127`, `q = round(x / d)` (half away from zero); an all-zero block has
 /// `d = 0`. Each row depends only on its own values. Quants are stored group-interleaved
@@ -164,15 +190,8 @@ impl QuantizedActs {
             let qs = self.q_stride;
             let qr = &mut self.q.as_mut_slice()[t * qs..t * qs + n_in];
             for b in 0..nb {
-                let xb = &xr[b * QK..(b + 1) * QK];
-                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let mut q = [0i8; QK];
-                if d != 0.0 {
-                    for (qk, &v) in q.iter_mut().zip(xb) {
-                        *qk = round_half_away(v / d);
-                    }
-                }
+                let xb: &[f32; QK] = xr[b * QK..(b + 1) * QK].try_into().expect("QK slice");
+                let (d, q) = quantize_block(xb);
                 // Granule k (4 bytes) of block b goes to interleaved_offset(nb, b, 4k).
                 let g0 = b / GROUP * GROUP;
                 let g = (nb - g0).min(GROUP);
@@ -493,7 +512,11 @@ unsafe fn run_tiles(
     let mut first = rows.start / TILE_ROWS;
     let last = rows.end / TILE_ROWS;
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx512Vnni {
+    // Several rows of activations make a small matrix compute-bound: there the extra
+    // accumulator traffic of the lockstep costs more than the streams give (SmolLM2 T=4
+    // verify pass 6.2-6.8 ms with 4 tiles, 5.9-6.3 ms with 1). Large matrices stay
+    // bandwidth-bound at T=4 (Phi-4-mini prefill +8% with 4 tiles).
+    if path == KernelPath::Avx512Vnni && (n_rows == 1 || w.bytes() >= MULTI_TILE_MIN_BYTES) {
         macro_rules! multi {
             ($mt:literal) => {
                 while last - first >= $mt {
@@ -560,6 +583,9 @@ unsafe fn run_tiles(
         }
     }
 }
+
+/// Matrices at least this large read several tiles in lockstep for any number of rows.
+const MULTI_TILE_MIN_BYTES: usize = 4 << 20;
 
 /// How many tiles a tiled matmul reads in lockstep (default 4; `VERISPEC_MULTI_TILES`, read
 /// once, one of 1, 2, 3, 4, 8, is a tuning knob: results never depend on it). One weight stream

@@ -670,3 +670,49 @@ fn every_output_is_written_with_the_row_dot() {
         }
     }
 }
+
+/// The AVX-512 block quantizer gives the scalar one's bits: random blocks at many scales,
+/// exact halves of the step, zeros, signed zeros, subnormals, infinities and NaN.
+#[test]
+fn simd_activation_quantizer_matches_scalar() {
+    if !KernelPath::Avx512Vnni.is_available() {
+        eprintln!("no AVX-512 here: nothing to compare");
+        return;
+    }
+    let mut r = Rng(71);
+    let specials = [
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE / 8.0,
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        1e-30,
+    ];
+    for case in 0..20_000 {
+        let scale = 10f32.powi((case % 13) as i32 - 6);
+        let mut xb = [0f32; QK];
+        for v in xb.iter_mut() {
+            *v = r.f() * scale;
+        }
+        match case % 5 {
+            // Values on exact half steps of a round scale: amax 127 gives d = 1.
+            1 => {
+                for (k, v) in xb.iter_mut().enumerate() {
+                    *v = (k as f32 - 16.0) * 4.0 + 0.5;
+                }
+                xb[0] = 127.0;
+            }
+            2 => xb[(case / 5) % QK] = specials[(case / 5) % specials.len()],
+            3 => xb = [0.0; QK],
+            _ => {}
+        }
+        let want = quantize_block_scalar(&xb);
+        // SAFETY: checked above.
+        let got = unsafe { super::x86::quantize_block_avx512(&xb) };
+        assert_eq!(got.0.to_bits(), want.0.to_bits(), "d, case {case}: {xb:?}");
+        assert_eq!(got.1, want.1, "q, case {case}: {xb:?}");
+    }
+}

@@ -1221,3 +1221,51 @@ unsafe fn q6k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
         finish256!(acc, o, r, NT);
     }
 }
+
+/// `round_half_away` on 16 lanes, exactly as the scalar function: non-finite gives 0, clamp
+/// to +-200, `i = trunc(v)`, `f = v - i` (exact), `i + (f >= 0.5) - (f <= -0.5)`, saturate.
+#[inline(always)]
+unsafe fn round_half_away16(v: __m512) -> __m128i {
+    let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(
+        _mm512_andnot_ps(_mm512_set1_ps(-0.0), v),
+        _mm512_set1_ps(f32::INFINITY),
+    );
+    let v = _mm512_min_ps(
+        _mm512_max_ps(v, _mm512_set1_ps(-200.0)),
+        _mm512_set1_ps(200.0),
+    );
+    let i = _mm512_cvttps_epi32(v);
+    let f = _mm512_sub_ps(v, _mm512_cvtepi32_ps(i));
+    let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(f, _mm512_set1_ps(0.5));
+    let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(f, _mm512_set1_ps(-0.5));
+    let i = _mm512_mask_add_epi32(i, up, i, _mm512_set1_epi32(1));
+    let i = _mm512_mask_sub_epi32(i, down, i, _mm512_set1_epi32(1));
+    _mm512_cvtsepi32_epi8(_mm512_maskz_mov_epi32(finite, i))
+}
+
+/// [`super::quantize_block_scalar`] on AVX-512: the same `(d, q)` bit for bit.
+///
+/// # Safety
+/// AVX-512 F/BW/VL must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn quantize_block_avx512(xb: &[f32; QK]) -> (f32, [i8; QK]) {
+    let a = _mm512_loadu_ps(xb.as_ptr());
+    let b = _mm512_loadu_ps(xb.as_ptr().add(16));
+    let sign = _mm512_set1_ps(-0.0);
+    // max(|x|, acc) returns acc when |x| is NaN: NaN is ignored, as `f32::max` does.
+    let m = _mm512_max_ps(
+        _mm512_andnot_ps(sign, b),
+        _mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_setzero_ps()),
+    );
+    let amax = _mm512_reduce_max_ps(m);
+    let d = amax / 127.0;
+    let mut q = [0i8; QK];
+    if d != 0.0 {
+        let dv = _mm512_set1_ps(d);
+        let lo = round_half_away16(_mm512_div_ps(a, dv));
+        let hi = round_half_away16(_mm512_div_ps(b, dv));
+        _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, lo);
+        _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, hi);
+    }
+    (d, q)
+}
