@@ -716,3 +716,45 @@ fn simd_activation_quantizer_matches_scalar() {
         assert_eq!(got.1, want.1, "q, case {case}: {xb:?}");
     }
 }
+
+/// Matrices of at least `MULTI_TILE_MIN_BYTES` read tiles in lockstep for every T (small
+/// ones only for T = 1): every output against `scalar::row_dot` of its row alone, T = 1..5.
+#[test]
+fn large_tiled_matrices_match_the_row_dot_for_every_t() {
+    let pool = Pool::new(2).unwrap();
+    for (ty, n_out, n_in) in [(GgmlType::Q8_0, 2048, 2048), (GgmlType::Q4_1, 2064, 4096)] {
+        let data = gen_tensor(ty, n_out, n_in, 61);
+        let w = PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Tiles16).unwrap();
+        assert!(
+            w.bytes() >= MULTI_TILE_MIN_BYTES,
+            "{ty}: {} bytes",
+            w.bytes()
+        );
+        let rb = data.len() / n_out;
+        let rows: Vec<PackedMatrix> = (0..n_out)
+            .map(|o| {
+                PackedMatrix::from_ggml_layout(
+                    ty,
+                    &data[o * rb..(o + 1) * rb],
+                    1,
+                    n_in,
+                    Layout::Rows,
+                )
+                .unwrap()
+            })
+            .collect();
+        for n_rows in 1..=5 {
+            let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 67), n_rows, n_in);
+            let mut want = vec![0u32; n_rows * n_out];
+            for t in 0..n_rows {
+                for (o, pw) in rows.iter().enumerate() {
+                    want[t * n_out + o] =
+                        scalar::row_dot(pw.format(), pw.row(0), n_in, x.row(t)).to_bits();
+                }
+            }
+            let mut out = vec![f32::NAN; n_rows * n_out];
+            matmul_pool(&pool, &w, &x, n_rows, &mut out);
+            assert_eq!(bits(&out), want, "{ty} T {n_rows}");
+        }
+    }
+}
