@@ -124,12 +124,14 @@ fn quantize_block_scalar(xb: &[f32; QK]) -> (f32, [i8; QK]) {
     (d, q)
 }
 
-/// [`quantize_block_scalar`] with AVX-512 where present (the same bits: the max is exact in
+/// [`quantize_block_scalar`], with AVX-512 when `simd` (the same bits: the max is exact in
 /// any order, the division is IEEE, and the rounding is the same exact steps).
 #[inline]
-fn quantize_block(xb: &[f32; QK]) -> (f32, [i8; QK]) {
+fn quantize_block(xb: &[f32; QK], simd: bool) -> (f32, [i8; QK]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     #[cfg(target_arch = "x86_64")]
-    if KernelPath::Avx512Vnni.is_available() {
+    if simd {
         // SAFETY: AVX-512 F/BW/VL are part of the Avx512Vnni path's features.
         return unsafe { x86::quantize_block_avx512(xb) };
     }
@@ -175,6 +177,7 @@ impl QuantizedActs {
         );
         assert!(x.len() >= n_rows * n_in, "x is shorter than n_rows * n_in");
         let nb = n_in / QK;
+        let simd = KernelPath::Avx512Vnni.is_available();
         self.n_rows = n_rows;
         self.n_in = n_in;
         self.q_stride = n_in.next_multiple_of(64);
@@ -191,7 +194,7 @@ impl QuantizedActs {
             let qr = &mut self.q.as_mut_slice()[t * qs..t * qs + n_in];
             for b in 0..nb {
                 let xb: &[f32; QK] = xr[b * QK..(b + 1) * QK].try_into().expect("QK slice");
-                let (d, q) = quantize_block(xb);
+                let (d, q) = quantize_block(xb, simd);
                 // Granule k (4 bytes) of block b goes to interleaved_offset(nb, b, 4k).
                 let g0 = b / GROUP * GROUP;
                 let g = (nb - g0).min(GROUP);
@@ -509,78 +512,70 @@ unsafe fn run_tiles(
         "row range {rows:?} is not made of whole tiles"
     );
     let n_out = w.n_out();
-    let mut first = rows.start / TILE_ROWS;
-    let last = rows.end / TILE_ROWS;
+    let (first, last) = (rows.start / TILE_ROWS, rows.end / TILE_ROWS);
     #[cfg(target_arch = "x86_64")]
-    // Several rows of activations make a small matrix compute-bound: there the extra
-    // accumulator traffic of the lockstep costs more than the streams give (SmolLM2 T=4
-    // verify pass 6.2-6.8 ms with 4 tiles, 5.9-6.3 ms with 1). Large matrices stay
-    // bandwidth-bound at T=4 (Phi-4-mini prefill +8% with 4 tiles).
-    if path == KernelPath::Avx512Vnni && (n_rows == 1 || w.bytes() >= MULTI_TILE_MIN_BYTES) {
-        macro_rules! multi {
-            ($mt:literal) => {
-                while last - first >= $mt {
-                    let mut t0 = 0;
-                    while t0 < n_rows {
-                        let nt = (n_rows - t0).min(TILE);
-                        x86::tiles_avx512::<$mt>(
-                            w.format(),
-                            std::array::from_fn(|m| w.tile(first + m).as_ptr()),
-                            w.n_in(),
-                            x,
-                            t0,
-                            nt,
-                            std::array::from_fn(|m| {
-                                out.0.add(t0 * n_out + (first + m) * TILE_ROWS)
-                            }),
-                            n_out,
-                        );
-                        t0 += nt;
-                    }
-                    first += $mt;
-                }
-            };
+    if path == KernelPath::Avx512Vnni {
+        // Several rows of activations make a small matrix compute-bound: there the extra
+        // accumulator traffic of the lockstep costs more than the streams give (SmolLM2 T=4
+        // verify pass 6.2-6.8 ms with 4 tiles, 5.9-6.3 ms with 1). Large matrices stay
+        // bandwidth-bound at T=4 (Phi-4-mini prefill +8% with 4 tiles).
+        let mt = if n_rows == 1 || w.bytes() >= MULTI_TILE_MIN_BYTES {
+            multi_tiles()
+        } else {
+            1
+        };
+        let mut first = first;
+        while first < last {
+            let g = if last - first >= mt { mt } else { 1 };
+            match g {
+                2 => tile_group::<2>(w, x, n_rows, first, out),
+                3 => tile_group::<3>(w, x, n_rows, first, out),
+                4 => tile_group::<4>(w, x, n_rows, first, out),
+                8 => tile_group::<8>(w, x, n_rows, first, out),
+                _ => tile_group::<1>(w, x, n_rows, first, out),
+            }
+            first += g;
         }
-        match multi_tiles() {
-            2 => multi!(2),
-            3 => multi!(3),
-            4 => multi!(4),
-            8 => multi!(8),
-            _ => {}
+        return;
+    }
+    // Other paths read the tiles' rows back in the rows layout (the same values, so the same
+    // bits; slow, used only when a path is forced).
+    let mut buf = Vec::new();
+    for r in first * TILE_ROWS..last * TILE_ROWS {
+        let wrow = w.rows_form(r, &mut buf);
+        for t in 0..n_rows {
+            *out.0.add(t * n_out + r) = scalar::row_dot(w.format(), wrow, w.n_in(), x.row(t));
         }
     }
-    for tile in first..last {
-        let o0 = tile * TILE_ROWS;
-        let mut t0 = 0;
-        while t0 < n_rows {
-            let nt = (n_rows - t0).min(TILE);
-            match path {
-                #[cfg(target_arch = "x86_64")]
-                KernelPath::Avx512Vnni => x86::tile_avx512(
-                    w.format(),
-                    w.tile(tile).as_ptr(),
-                    w.n_in(),
-                    x,
-                    t0,
-                    nt,
-                    out.0.add(t0 * n_out + o0),
-                    n_out,
-                ),
-                // Other paths read the tile's rows back in the rows layout (the same values,
-                // so the same bits; slow, used only when a path is forced).
-                _ => {
-                    let mut buf = Vec::new();
-                    for r in o0..o0 + TILE_ROWS {
-                        let wrow = w.rows_form(r, &mut buf);
-                        for t in t0..t0 + nt {
-                            *out.0.add(t * n_out + r) =
-                                scalar::row_dot(w.format(), wrow, w.n_in(), x.row(t));
-                        }
-                    }
-                }
-            }
-            t0 += nt;
-        }
+}
+
+/// Tiles `first..first + MT` against all `n_rows` activation rows, `TILE` rows per call.
+///
+/// # Safety
+/// As [`run_tiles`] on the AVX-512 VNNI path, for those tiles.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_group<const MT: usize>(
+    w: &PackedMatrix,
+    x: &QuantizedActs,
+    n_rows: usize,
+    first: usize,
+    out: OutPtr,
+) {
+    let n_out = w.n_out();
+    let mut t0 = 0;
+    while t0 < n_rows {
+        let nt = (n_rows - t0).min(TILE);
+        x86::tiles_avx512::<MT>(
+            w.format(),
+            std::array::from_fn(|m| w.tile(first + m).as_ptr()),
+            w.n_in(),
+            x,
+            t0,
+            nt,
+            std::array::from_fn(|m| out.0.add(t0 * n_out + (first + m) * TILE_ROWS)),
+            n_out,
+        );
+        t0 += nt;
     }
 }
 

@@ -600,48 +600,18 @@ macro_rules! lanes16 {
     };
 }
 
-/// One tile (16 rows) of a tiled block-32 format against `NT` activation rows; `out` is
-/// output row 0 of the tile for activation row 0, activation rows `stride` apart.
+/// `MT` tiles (16 rows each) of a tiled block-32 format against `NT` activation rows.
 /// `$rec`: record bytes; `$prep(rec)` loads a record's scales and weight granules once;
 /// `$dots(prep, x_q, nb, b)` is the raw integer dot with one activation row; `$update` turns it
 /// into the block's canonical float value.
 macro_rules! tile512 {
-    ($name:ident, $multi:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+        /// `MT` tiles (16 rows each) in block lockstep against `NT` activation rows: `MT`
+        /// concurrent weight streams, which the hardware prefetchers serve faster than one
+        /// (V15). `out[m]` is output row 0 of tile `m` for activation row 0, activation rows
+        /// `stride` apart.
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-        unsafe fn $name<const NT: usize>(
-            w: *const u8,
-            nb: usize,
-            x: &Xp<NT>,
-            out: *mut f32,
-            stride: usize,
-        ) {
-            let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
-            let mut acc = [[_mm512_setzero_ps(); GROUP]; NT];
-            let mut b0 = 0;
-            while b0 < nb {
-                let g = (nb - b0).min(GROUP);
-                lanes16!(j < g, {
-                    let b = b0 + j;
-                    let rec = w.add(b * $rec);
-                    prefetch(rec, pf, $rec);
-                    let wv = $prep(rec);
-                    for t in 0..NT {
-                        let isum = $dots(&wv, x.q[t], nb, b);
-                        let v = $update(&wv, isum, *x.d[t].add(b), *x.s[t].add(b));
-                        acc[t][j] = _mm512_add_ps(acc[t][j], v);
-                    }
-                });
-                b0 += g;
-            }
-            for t in 0..NT {
-                _mm512_storeu_ps(out.add(t * stride), tree_tile(&acc[t]));
-            }
-        }
-
-        /// `MT` tiles in block lockstep against `NT` activation rows: `MT` concurrent weight
-        /// streams, which the hardware prefetchers serve faster than one (V15).
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-        unsafe fn $multi<const NT: usize, const MT: usize>(
+        unsafe fn $name<const NT: usize, const MT: usize>(
             w: [*const u8; MT],
             nb: usize,
             x: &Xp<NT>,
@@ -792,7 +762,6 @@ unsafe fn q4_1_tile_update(w: &Q4Tile, dp: __m512i, dx: f32, xsum: i32) -> __m51
 
 tile512!(
     q8_0_tile512,
-    q8_0_tile512_multi,
     544,
     q8_tile_prep,
     q8_tile_dots,
@@ -800,7 +769,6 @@ tile512!(
 );
 tile512!(
     q4_0_tile512,
-    q4_0_tile512_multi,
     288,
     q4_0_tile_prep,
     q4_tile_dots,
@@ -808,18 +776,18 @@ tile512!(
 );
 tile512!(
     q4_1_tile512,
-    q4_1_tile512_multi,
     320,
     q4_1_tile_prep,
     q4_tile_dots,
     q4_1_tile_update
 );
 
-/// AVX-512 VNNI over `MT` consecutive-in-memory-order tiles read in block lockstep, for
+/// AVX-512 VNNI over `MT` tiles (`MT = 1`: one) read in block lockstep, for
 /// activation rows `t0..t0+nt`; writes `out[m][t * stride + r]` for `r < 16`.
 ///
 /// # Safety
-/// As [`tile_avx512`] for each tile.
+/// The `Avx512Vnni` path must be available; each `w[m]` points to one tile of `fmt` with
+/// `n_in` columns, `x` has at least `t0 + nt` rows, `out` is valid for the writes.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tiles_avx512<const MT: usize>(
     fmt: WeightFormat,
@@ -839,42 +807,6 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
                 2 => $f::<2, MT>(w, nb, &xp::<2>(x, t0), out, stride),
                 3 => $f::<3, MT>(w, nb, &xp::<3>(x, t0), out, stride),
                 _ => $f::<4, MT>(w, nb, &xp::<4>(x, t0), out, stride),
-            }
-        };
-    }
-    match fmt {
-        WeightFormat::Q8_0 => go!(q8_0_tile512_multi),
-        WeightFormat::Q4_0 => go!(q4_0_tile512_multi),
-        WeightFormat::Q4_1 => go!(q4_1_tile512_multi),
-        WeightFormat::Q4K | WeightFormat::Q6K => unreachable!("K-quants are never tiled"),
-    }
-}
-
-/// AVX-512 VNNI over one tile of a [`super::Layout::Tiles16`] matrix (16 output rows) for
-/// activation rows `t0..t0+nt`; writes `out[t * stride + r]` for `r < 16`.
-///
-/// # Safety
-/// The `Avx512Vnni` path must be available; `w` points to one tile of `fmt` with `n_in`
-/// columns, `x` has at least `t0 + nt` rows, `out` is valid for the writes.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_avx512(
-    fmt: WeightFormat,
-    w: *const u8,
-    n_in: usize,
-    x: &QuantizedActs,
-    t0: usize,
-    nt: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    let nb = n_in / QK;
-    macro_rules! go {
-        ($f:ident) => {
-            match nt {
-                1 => $f::<1>(w, nb, &xp::<1>(x, t0), out, stride),
-                2 => $f::<2>(w, nb, &xp::<2>(x, t0), out, stride),
-                3 => $f::<3>(w, nb, &xp::<3>(x, t0), out, stride),
-                _ => $f::<4>(w, nb, &xp::<4>(x, t0), out, stride),
             }
         };
     }
