@@ -4,6 +4,7 @@
 
 mod commands;
 mod common;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,8 @@ enum Command {
     Validate(commands::validate::Args),
     /// Write a GGUF with a real model's shapes and vocabulary and seeded random weights.
     Synth(commands::synth::Args),
+    /// OpenAI-compatible HTTP server: completions and chat (SSE streaming), /health, /metrics.
+    Serve(commands::serve::Args),
 }
 
 fn main() {
@@ -52,6 +55,7 @@ fn main() {
         Command::Export(a) => commands::export::run(a),
         Command::Validate(a) => commands::validate::run(a),
         Command::Synth(a) => commands::synth::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -401,6 +401,7 @@ pub fn run_suite(
                 ignore_eos,
                 stop: Vec::new(),
                 speculative: None,
+                cancel: None,
             };
             let mut s = engine.new_session();
             let g = generate(engine, &mut s, &ids, &req, |_| {})?;

@@ -74,6 +74,7 @@ fn gen(engine: &Engine, prompt: &str, spec: bool) -> Vec<u32> {
             exactness_guard: true,
             ..Default::default()
         }),
+        cancel: None,
     };
     let mut s = engine.new_session();
     generate(engine, &mut s, &ids, &req, |_| {})

@@ -182,6 +182,7 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
             ignore_eos: true,
             stop: vec![],
             speculative: None,
+            cancel: None,
         };
         let greedy = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
         req.speculative = Some(Speculation {
@@ -245,6 +246,7 @@ fn smollm2_speculative_full_matrix() {
                 ignore_eos,
                 stop: vec![],
                 speculative: None,
+                cancel: None,
             };
             let want = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
             for width in [2, 4, 8] {

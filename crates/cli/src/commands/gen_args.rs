@@ -69,6 +69,7 @@ impl GenArgs {
             ignore_eos: self.ignore_eos,
             stop: self.stop.clone(),
             speculative,
+            cancel: None,
         })
     }
 }

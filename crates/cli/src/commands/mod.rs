@@ -5,6 +5,7 @@ pub mod forward;
 pub mod gen_args;
 pub mod inspect;
 pub mod run;
+pub mod serve;
 pub mod suite;
 pub mod synth;
 pub mod tokenize;

@@ -1,10 +1,13 @@
 //! One generation request end to end: greedy or speculative, EOG and stop strings, streamed
 //! text. The CLI (`run`, `chat`, `bench --suite`) and the server drive generation through this.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::ngram::NgramDrafter;
 use super::speculative::{speculative, SpecOptions, SpecStats};
 use super::stop::TextStream;
-use super::{greedy, GenStats};
+use super::{greedy, Flow, GenStats};
 use crate::engine::{Engine, Session};
 use crate::EngineError;
 
@@ -36,6 +39,9 @@ pub struct GenRequest {
     pub ignore_eos: bool,
     pub stop: Vec<String>,
     pub speculative: Option<Speculation>,
+    /// Set from another thread (a server whose client went away) to end generation after the
+    /// current token; `finish_reason` is then "cancelled".
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +50,7 @@ pub struct GenOutput {
     pub text: String,
     pub stats: GenStats,
     pub spec: Option<SpecStats>,
-    /// Why generation ended: "eos", "stop", "length" or "context".
+    /// Why generation ended: "eos", "stop", "length", "context" or "cancelled".
     pub finish_reason: &'static str,
 }
 
@@ -63,6 +69,7 @@ pub fn generate(
     );
     let mut ids = Vec::new();
     let mut hit_eos = false;
+    let mut cancelled = false;
     let mut on_token = |id: u32| {
         ids.push(id);
         if tok.is_eog(id) && !req.ignore_eos {
@@ -71,6 +78,15 @@ pub fn generate(
         let (text, flow) = stream.push(id, tok.piece(id, false));
         if !text.is_empty() {
             on_text(&text);
+        }
+        if flow == Flow::Continue
+            && req
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            cancelled = true;
+            return Flow::Stop;
         }
         flow
     };
@@ -115,6 +131,8 @@ pub fn generate(
     }
     let finish_reason = if hit_eos {
         "eos"
+    } else if cancelled {
+        "cancelled"
     } else if stopped_by_string {
         "stop"
     } else if ids.len() >= req.max_tokens {

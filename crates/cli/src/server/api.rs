@@ -1,0 +1,530 @@
+//! OpenAI-style request bodies. They are read from JSON by hand, field by field, so that every
+//! rejection names the field and says what is accepted. Unknown fields are ignored, as OpenAI
+//! clients send many; fields that would change the output in a way this engine cannot honour
+//! (sampling, penalties, several choices) are refused instead of silently ignored.
+
+use serde_json::{Map, Value};
+use verispec::chat::Message;
+
+/// An error as the client sees it: `{"error": {"message", "type", "code"}}` with this status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 404,
+            kind: "not_found_error",
+            message: message.into(),
+        }
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 503,
+            kind: "unavailable_error",
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 500,
+            kind: "server_error",
+            message: message.into(),
+        }
+    }
+    pub fn body(&self) -> Value {
+        serde_json::json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "code": self.status,
+        }})
+    }
+}
+
+/// What `/v1/completions` may be given as `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Tokenized as `run --prompt` does (special tokens parsed, BOS as the GGUF says).
+    Text(String),
+    /// Used as they are, with nothing prepended.
+    Ids(Vec<u32>),
+}
+
+/// The options both endpoints share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub model: Option<String>,
+    /// None: the endpoint's default.
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+    /// Exact n-gram speculation (on unless the request says `"speculative": false`).
+    pub speculative: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub options: Options,
+}
+
+/// The most stop strings a request may give.
+pub const MAX_STOPS: usize = 16;
+
+pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let obj = parse_object(body)?;
+    for (field, why) in [
+        ("suffix", "a suffix (fill-in-the-middle) is not supported"),
+        ("echo", "echo is not supported"),
+    ] {
+        match obj.get(field) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::String(s)) if field == "suffix" && s.is_empty() => {}
+            Some(_) => return Err(ApiError::bad(format!("'{field}': {why}"))),
+        }
+    }
+    match obj.get("logprobs") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64() == Some(0) => {}
+        Some(_) => return Err(ApiError::bad("'logprobs' is not supported")),
+    }
+    expect_one(&obj, "best_of")?;
+    let prompt = match obj.get("prompt") {
+        None | Some(Value::Null) => return Err(ApiError::bad("'prompt' is required")),
+        Some(v) => parse_prompt(v)?,
+    };
+    let options = parse_options(&obj, &["max_tokens"])?;
+    Ok(CompletionRequest { prompt, options })
+}
+
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let obj = parse_object(body)?;
+    match obj.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(_) => return Err(ApiError::bad("'logprobs' is not supported")),
+    }
+    match obj.get("tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(_) => return Err(ApiError::bad("'tools' (function calling) is not supported")),
+    }
+    if let Some(rf) = obj.get("response_format") {
+        let kind = rf.get("type").and_then(Value::as_str);
+        if !rf.is_null() && kind != Some("text") {
+            return Err(ApiError::bad(
+                "'response_format': only {\"type\": \"text\"} is supported",
+            ));
+        }
+    }
+    let messages = match obj.get("messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .enumerate()
+            .map(|(i, m)| parse_message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(_)) => return Err(ApiError::bad("'messages' is empty")),
+        None | Some(Value::Null) => return Err(ApiError::bad("'messages' is required")),
+        Some(_) => return Err(ApiError::bad("'messages' must be an array of messages")),
+    };
+    let options = parse_options(&obj, &["max_completion_tokens", "max_tokens"])?;
+    Ok(ChatRequest { messages, options })
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad("the request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn parse_prompt(v: &Value) -> Result<Prompt, ApiError> {
+    let one_prompt = "'prompt': give one prompt per request (a string or an array of token ids)";
+    match v {
+        Value::String(s) => Ok(Prompt::Text(s.clone())),
+        Value::Array(a) if a.is_empty() => Err(ApiError::bad("'prompt' is empty")),
+        Value::Array(a) => match &a[0] {
+            Value::String(s) if a.len() == 1 => Ok(Prompt::Text(s.clone())),
+            Value::Number(_) => token_ids(a).map(Prompt::Ids),
+            Value::Array(inner) if a.len() == 1 => token_ids(inner).map(Prompt::Ids),
+            _ => Err(ApiError::bad(one_prompt)),
+        },
+        _ => Err(ApiError::bad(
+            "'prompt' must be a string or an array of token ids",
+        )),
+    }
+}
+
+fn token_ids(a: &[Value]) -> Result<Vec<u32>, ApiError> {
+    if a.is_empty() {
+        return Err(ApiError::bad("'prompt' is empty"));
+    }
+    a.iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "'prompt': token ids must be non-negative integers, got {v}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
+    let role = match m.get("role") {
+        Some(Value::String(r)) if !r.is_empty() => r.clone(),
+        _ => {
+            return Err(ApiError::bad(format!(
+                "'messages[{i}].role' must be a non-empty string"
+            )))
+        }
+    };
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) if role == "assistant" => String::new(),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => texts.push(t),
+                    (Some("text"), None) => {
+                        return Err(ApiError::bad(format!(
+                            "'messages[{i}].content[{j}]': a text part needs 'text'"
+                        )))
+                    }
+                    _ => {
+                        return Err(ApiError::bad(format!(
+                            "'messages[{i}].content[{j}]': only text parts are supported"
+                        )))
+                    }
+                }
+            }
+            texts.join("\n")
+        }
+        _ => {
+            return Err(ApiError::bad(format!(
+                "'messages[{i}].content' must be a string or an array of text parts"
+            )))
+        }
+    };
+    Ok(Message { role, content })
+}
+
+/// The shared options. `max_keys` lists the names of the token limit, preferred first.
+fn parse_options(obj: &Map<String, Value>, max_keys: &[&str]) -> Result<Options, ApiError> {
+    let model = match obj.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::bad("'model' must be a string")),
+    };
+    let mut max_tokens = None;
+    for key in max_keys {
+        match obj.get(*key) {
+            None | Some(Value::Null) => continue,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => {
+                    max_tokens = Some(usize::try_from(n).unwrap_or(usize::MAX));
+                    break;
+                }
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "'{key}' must be an integer >= 1, got {v}"
+                    )))
+                }
+            },
+        }
+    }
+    match number(obj, "temperature")? {
+        None => {}
+        Some(0.0) => {}
+        Some(t) if (0.0..=2.0).contains(&t) => {
+            return Err(ApiError::bad(format!(
+                "'temperature' {t}: this server decodes greedily (exact), so temperature must be 0"
+            )))
+        }
+        Some(t) => {
+            return Err(ApiError::bad(format!(
+                "'temperature' must be between 0 and 2, got {t}"
+            )))
+        }
+    }
+    // With greedy decoding top_p changes nothing; only its range is checked.
+    if let Some(p) = number(obj, "top_p")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::bad(format!("'top_p' must be in (0, 1], got {p}")));
+        }
+    }
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if let Some(x) = number(obj, key)? {
+            if x != 0.0 {
+                return Err(ApiError::bad(format!(
+                    "'{key}' {x}: penalties are not supported (they would change greedy output)"
+                )));
+            }
+        }
+    }
+    match obj.get("logit_bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) if m.is_empty() => {}
+        Some(_) => return Err(ApiError::bad("'logit_bias' is not supported")),
+    }
+    expect_one(obj, "n")?;
+    let stream = flag(obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => {
+            if !stream {
+                return Err(ApiError::bad(
+                    "'stream_options' is only allowed with \"stream\": true",
+                ));
+            }
+            flag(o, "include_usage")?.unwrap_or(false)
+        }
+        Some(_) => return Err(ApiError::bad("'stream_options' must be an object")),
+    };
+    let stop = match obj.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for v in a {
+                match v {
+                    Value::String(s) => out.push(s.clone()),
+                    _ => {
+                        return Err(ApiError::bad(
+                            "'stop' must be a string or an array of strings",
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "'stop' must be a string or an array of strings",
+            ))
+        }
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::bad(format!(
+            "'stop' has {} strings; at most {MAX_STOPS} are allowed",
+            stop.len()
+        )));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad("'stop' strings must not be empty"));
+    }
+    if let Some(v) = obj.get("seed") {
+        if !v.is_null() && v.as_i64().is_none() && v.as_u64().is_none() {
+            return Err(ApiError::bad("'seed' must be an integer"));
+        }
+    }
+    Ok(Options {
+        model,
+        max_tokens,
+        stop,
+        stream,
+        include_usage,
+        ignore_eos: flag(obj, "ignore_eos")?.unwrap_or(false),
+        speculative: flag(obj, "speculative")?.unwrap_or(true),
+    })
+}
+
+fn number(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("'{key}' must be a number, got {v}"))),
+    }
+}
+
+fn flag(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(ApiError::bad(format!(
+            "'{key}' must be true or false, got {v}"
+        ))),
+    }
+}
+
+/// `n` and `best_of`: one choice per request.
+fn expect_one(obj: &Map<String, Value>, key: &str) -> Result<(), ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_u64() == Some(1) => Ok(()),
+        Some(v) => Err(ApiError::bad(format!(
+            "'{key}' {v}: only one choice per request is supported (greedy decoding gives the same text every time)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(body: &str) -> Result<CompletionRequest, ApiError> {
+        parse_completion(body.as_bytes())
+    }
+
+    #[test]
+    fn prompts_take_every_openai_shape() {
+        let p = |b: &str| completion(b).map(|r| r.prompt);
+        assert_eq!(p(r#"{"prompt":"hi"}"#), Ok(Prompt::Text("hi".into())));
+        assert_eq!(p(r#"{"prompt":["hi"]}"#), Ok(Prompt::Text("hi".into())));
+        assert_eq!(p(r#"{"prompt":[1,2,3]}"#), Ok(Prompt::Ids(vec![1, 2, 3])));
+        assert_eq!(p(r#"{"prompt":[[7,8]]}"#), Ok(Prompt::Ids(vec![7, 8])));
+        for bad in [
+            r#"{"prompt":["a","b"]}"#,
+            r#"{"prompt":[[1],[2]]}"#,
+            r#"{"prompt":[]}"#,
+            r#"{"prompt":[-1]}"#,
+            r#"{"prompt":[1.5]}"#,
+            r#"{"prompt":[4294967296]}"#,
+            r#"{"prompt":7}"#,
+            r#"{}"#,
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+            assert!(e.message.contains("prompt"), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn options_have_defaults_and_named_errors() {
+        let o = completion(r#"{"prompt":"x"}"#).unwrap().options;
+        assert_eq!(o.max_tokens, None);
+        assert!(o.speculative && !o.stream && !o.ignore_eos && o.stop.is_empty());
+        let o = completion(
+            r#"{"prompt":"x","max_tokens":5,"stop":"\n","stream":true,
+                "stream_options":{"include_usage":true},"temperature":0,"top_p":1,
+                "n":1,"seed":3,"user":"u","speculative":false,"ignore_eos":true}"#,
+        )
+        .unwrap()
+        .options;
+        assert_eq!(o.max_tokens, Some(5));
+        assert_eq!(o.stop, vec!["\n".to_string()]);
+        assert!(o.stream && o.include_usage && o.ignore_eos && !o.speculative);
+        for (body, field) in [
+            (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
+            (r#"{"prompt":"x","max_tokens":"9"}"#, "max_tokens"),
+            (r#"{"prompt":"x","temperature":0.7}"#, "temperature"),
+            (r#"{"prompt":"x","temperature":5}"#, "temperature"),
+            (r#"{"prompt":"x","top_p":0}"#, "top_p"),
+            (r#"{"prompt":"x","n":2}"#, "'n'"),
+            (r#"{"prompt":"x","best_of":3}"#, "best_of"),
+            (r#"{"prompt":"x","stop":[1]}"#, "stop"),
+            (r#"{"prompt":"x","stop":[""]}"#, "stop"),
+            (r#"{"prompt":"x","stream":"yes"}"#, "stream"),
+            (r#"{"prompt":"x","stream_options":{}}"#, "stream_options"),
+            (r#"{"prompt":"x","presence_penalty":1}"#, "presence_penalty"),
+            (r#"{"prompt":"x","logprobs":2}"#, "logprobs"),
+            (r#"{"prompt":"x","echo":true}"#, "echo"),
+            (r#"{"prompt":"x","logit_bias":{"1":5}}"#, "logit_bias"),
+            (r#"{"prompt":"x","model":3}"#, "model"),
+        ] {
+            let e = completion(body).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(field), "{body}: {}", e.message);
+        }
+        let many = format!(r#"{{"prompt":"x","stop":{:?}}}"#, vec!["s"; MAX_STOPS + 1]);
+        assert!(completion(&many).unwrap_err().message.contains("at most"));
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_refused() {
+        for body in [
+            "",
+            "{",
+            "[1]",
+            "\"x\"",
+            "null",
+            "{\"prompt\":\"\u{0}\"",
+            "\u{feff}{}",
+        ] {
+            let e = parse_completion(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{body:?}");
+        }
+        let e = parse_completion(&[0xff, 0xfe]).unwrap_err();
+        assert!(e.message.contains("not valid JSON"));
+    }
+
+    #[test]
+    fn chat_messages_take_strings_and_text_parts() {
+        let r = parse_chat(
+            br#"{"messages":[{"role":"system","content":"s"},
+                {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+                {"role":"assistant","content":null}],
+                "max_completion_tokens":7,"max_tokens":9}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.messages,
+            vec![
+                Message::new("system", "s"),
+                Message::new("user", "a\nb"),
+                Message::new("assistant", "")
+            ]
+        );
+        assert_eq!(r.options.max_tokens, Some(7));
+        for (body, field) in [
+            (r#"{"messages":[]}"#, "messages"),
+            (r#"{"messages":"hi"}"#, "messages"),
+            (r#"{}"#, "messages"),
+            (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
+            (r#"{"messages":[{"role":"user"}]}"#, "messages[0].content"),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
+                "only text",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"tools":[{}]}"#,
+                "tools",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                "response_format",
+            ),
+        ] {
+            let e = parse_chat(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(e.message.contains(field), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn errors_have_the_contract_shape() {
+        let b = ApiError::bad("nope").body();
+        assert_eq!(b["error"]["message"], "nope");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["code"], 400);
+    }
+}

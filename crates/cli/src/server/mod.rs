@@ -1,0 +1,566 @@
+//! `verispec serve`: an OpenAI-compatible HTTP server over one engine.
+//!
+//! - `POST /v1/completions` and `POST /v1/chat/completions`, with SSE streaming;
+//! - `GET /v1/models`, `GET /health` (200 once the model is loaded), `GET /metrics`.
+//!
+//! The socket is bound before the model loads, so `/health` can say "loading". Generation runs
+//! on one engine thread (the CPU backend already uses every core) fed by a bounded queue: a full
+//! queue answers 503 with Retry-After, and the request is not kept. Decoding is greedy with
+//! exact n-gram speculation on, so a request's text equals `verispec run`'s for the same
+//! prompt. A client that disconnects stops its generation after the current token.
+//! Every error is `{"error": {"message", "type", "code"}}`.
+
+pub mod api;
+mod metrics;
+mod worker;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use verispec::backend::ComputePath;
+use verispec::chat::ChatTemplate;
+use verispec::engine::Engine;
+use verispec::generate::request::{GenRequest, Speculation};
+
+use crate::common::{fail, CliResult, ModelArgs};
+use api::{ApiError, Options, Prompt};
+use metrics::Metrics;
+use worker::{Event, Finished, Job};
+
+/// Largest request body accepted (413 above it).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// `max_tokens` of a completion that gives none (OpenAI's default). Chat defaults to the rest
+/// of the context.
+pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
+
+pub struct ServeOptions {
+    pub model: ModelArgs,
+    pub host: String,
+    pub port: u16,
+    pub queue: usize,
+}
+
+/// What exists once the model is loaded.
+struct Ready {
+    engine: Arc<Engine>,
+    template: Option<ChatTemplate>,
+}
+
+struct AppState {
+    model_id: String,
+    created: u64,
+    ready: OnceLock<Ready>,
+    jobs: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+}
+
+pub fn run(opts: ServeOptions) -> CliResult {
+    // Fail before binding if the model cannot be found at all.
+    let model_id = match &opts.model.manifest {
+        Some(m) => {
+            if !m.exists() {
+                return Err(fail(format!("manifest {} does not exist", m.display())));
+            }
+            stem(m)
+        }
+        None => stem(&opts.model.model_path()?),
+    };
+    opts.model.threads()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(serve(opts, model_id))
+}
+
+fn stem(p: &std::path::Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
+    let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
+        .await
+        .map_err(|e| fail(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail(format!("cannot read the bound address: {e}")))?;
+    let (jobs, queue) = sync_channel::<Job>(opts.queue);
+    let state = Arc::new(AppState {
+        model_id,
+        created: unix_now(),
+        ready: OnceLock::new(),
+        jobs,
+        metrics: Arc::new(Metrics::default()),
+        next_id: AtomicU64::new(0),
+    });
+    // The engine thread loads the model, then serves the queue. A load failure ends the server.
+    let (load_failed, mut load_failure) = mpsc::unbounded_channel();
+    {
+        let state = state.clone();
+        let model = opts.model.clone();
+        std::thread::Builder::new()
+            .name("verispec-engine".into())
+            .spawn(move || match model.load(ComputePath::Fast) {
+                Ok(engine) => {
+                    let engine = Arc::new(engine);
+                    let template = crate::commands::run::template(&engine).ok();
+                    let metrics = state.metrics.clone();
+                    let _ = state.ready.set(Ready {
+                        engine: engine.clone(),
+                        template,
+                    });
+                    eprintln!("verispec serve: model {} loaded", state.model_id);
+                    drop(state);
+                    worker::run(&engine, queue, &metrics);
+                }
+                Err(e) => {
+                    let _ = load_failed.send(e);
+                }
+            })
+            .map_err(|e| fail(format!("cannot start the engine thread: {e}")))?;
+    }
+    eprintln!(
+        "verispec serve: listening on http://{addr} (model {}, queue {})",
+        state.model_id, opts.queue
+    );
+    let app = router(state);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let slot = failure.clone();
+    let shutdown = async move {
+        tokio::select! {
+            e = load_failure.recv() => {
+                if let Ok(mut f) = slot.lock() {
+                    *f = e;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => eprintln!("verispec serve: interrupted, shutting down"),
+            _ = terminate() => eprintln!("verispec serve: terminated, shutting down"),
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| fail(format!("server error: {e}")))?;
+    let failure = failure.lock().ok().and_then(|mut f| f.take());
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .fallback(|| async { error(ApiError::not_found("no such route")) })
+        .method_not_allowed_fallback(|| async {
+            error(ApiError {
+                status: 405,
+                kind: "invalid_request_error",
+                message: "method not allowed on this route".into(),
+            })
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// Count every response by route and status for `/metrics`.
+async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "other".to_string());
+    let res = next.run(req).await;
+    state.metrics.http(&route, res.status().as_u16());
+    res
+}
+
+fn error(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = (status, axum::Json(e.body())).into_response();
+    if e.status == 503 {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.get().is_some() {
+        axum::Json(json!({"status": "ok"})).into_response()
+    } else {
+        error(ApiError::unavailable("the model is loading"))
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let text = state
+        .metrics
+        .render(&state.model_id, state.ready.get().is_some());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "verispec",
+        }],
+    }))
+    .into_response()
+}
+
+/// The body, at most MAX_BODY_BYTES.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<http_body_util::LengthLimitError>() {
+                    return ApiError {
+                        status: 413,
+                        kind: "invalid_request_error",
+                        message: format!("the request body exceeds {} MiB", MAX_BODY_BYTES >> 20),
+                    };
+                }
+                cause = c.source();
+            }
+            ApiError::bad(format!("cannot read the request body: {e}"))
+        })
+}
+
+fn ready<'a>(state: &'a AppState, opts: &Options) -> Result<&'a Ready, ApiError> {
+    if let Some(m) = &opts.model {
+        if *m != state.model_id {
+            return Err(ApiError::not_found(format!(
+                "model '{m}' does not exist; this server serves '{}'",
+                state.model_id
+            )));
+        }
+    }
+    state
+        .ready
+        .get()
+        .ok_or_else(|| ApiError::unavailable("the model is loading; retry shortly"))
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let r = api::parse_completion(&read_body(body).await?)?;
+        let ready = ready(&state, &r.options)?;
+        let tok = &ready.engine.tokenizer;
+        let ids = match r.prompt {
+            Prompt::Text(t) => tok.encode(&t, true, true),
+            Prompt::Ids(ids) => ids,
+        };
+        let max = r.options.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
+        submit(&state, ready, ids, max, r.options, Kind::Completion).await
+    };
+    result.await.unwrap_or_else(error)
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let r = api::parse_chat(&read_body(body).await?)?;
+        let ready = ready(&state, &r.options)?;
+        let tmpl = ready
+            .template
+            .as_ref()
+            .ok_or_else(|| ApiError::bad("this model has no chat template; use /v1/completions"))?;
+        let text = tmpl
+            .render(&r.messages, true)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let ids = ready.engine.tokenizer.encode(&text, true, true);
+        let max = r.options.max_tokens.unwrap_or(ready.engine.n_ctx);
+        submit(&state, ready, ids, max, r.options, Kind::Chat).await
+    };
+    result.await.unwrap_or_else(error)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+/// Check the prompt, queue the job, and answer (whole or streamed).
+async fn submit(
+    state: &Arc<AppState>,
+    ready: &Ready,
+    ids: Vec<u32>,
+    max_tokens: usize,
+    opts: Options,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let engine = &ready.engine;
+    if ids.is_empty() {
+        return Err(ApiError::bad("the prompt is empty"));
+    }
+    let n_vocab = engine.cfg.n_vocab;
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
+        return Err(ApiError::bad(format!(
+            "token id {bad} is out of range (the vocabulary has {n_vocab} tokens)"
+        )));
+    }
+    if ids.len() > engine.n_ctx {
+        return Err(ApiError::bad(format!(
+            "the prompt has {} tokens but the context holds {} (start the server with a larger --ctx)",
+            ids.len(),
+            engine.n_ctx
+        )));
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let req = GenRequest {
+        max_tokens,
+        ignore_eos: opts.ignore_eos,
+        stop: opts.stop.clone(),
+        speculative: opts.speculative.then(Speculation::default),
+        cancel: Some(cancel.clone()),
+    };
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let meta = Meta {
+        id: match kind {
+            Kind::Completion => format!("cmpl-{:x}-{n}", state.created),
+            Kind::Chat => format!("chatcmpl-{:x}-{n}", state.created),
+        },
+        created: unix_now(),
+        model: state.model_id.clone(),
+        kind,
+    };
+    let (events, rx) = mpsc::unbounded_channel();
+    let job = Job {
+        id: meta.id.clone(),
+        prompt: ids,
+        req,
+        cancel,
+        events,
+        queued_at: Instant::now(),
+    };
+    state.metrics.queued.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = state.jobs.try_send(job) {
+        state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        return Err(match e {
+            TrySendError::Full(_) => {
+                ApiError::unavailable("the server is busy: the request queue is full; retry later")
+            }
+            TrySendError::Disconnected(_) => ApiError::internal("the engine thread has stopped"),
+        });
+    }
+    if opts.stream {
+        Ok(stream(meta, rx, opts.include_usage))
+    } else {
+        whole(meta, rx).await
+    }
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    fn envelope(&self, chunk: bool, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    /// One choice: the text (or delta) and the finish reason.
+    fn choice(&self, text: Option<&str>, finish: Option<&str>, chunk: bool) -> Value {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => json!([{
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }]),
+            (Kind::Chat, false) => json!([{
+                "index": 0,
+                "message": {"role": "assistant", "content": text.unwrap_or("")},
+                "logprobs": null,
+                "finish_reason": finish,
+            }]),
+            (Kind::Chat, true) => {
+                let delta = match text {
+                    Some(t) => json!({"content": t}),
+                    None => json!({}),
+                };
+                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+            }
+        }
+    }
+}
+
+/// OpenAI's finish reasons: "stop" for end-of-generation or a stop string, "length" for the
+/// token limit or a full context.
+fn finish_reason(r: &str) -> &'static str {
+    match r {
+        "eos" | "stop" => "stop",
+        _ => "length",
+    }
+}
+
+fn usage(f: &Finished) -> Value {
+    let completion = f.out.generated_ids.len();
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": f.prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": f.cached},
+    })
+}
+
+/// Our own figures beside OpenAI's fields, as llama-server's `timings`.
+fn timings(f: &Finished) -> Value {
+    crate::commands::gen_args::stats_json(&f.out)
+}
+
+async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(_)) => {}
+            Some(Event::Done(Ok(f))) => {
+                let mut body = meta.envelope(
+                    false,
+                    meta.choice(
+                        Some(&f.out.text),
+                        Some(finish_reason(f.out.finish_reason)),
+                        false,
+                    ),
+                );
+                body["usage"] = usage(&f);
+                body["timings"] = timings(&f);
+                return Ok(axum::Json(body).into_response());
+            }
+            Some(Event::Done(Err(e))) => return Err(generation_error(e)),
+            None => return Err(ApiError::internal("the engine thread has stopped")),
+        }
+    }
+}
+
+/// Errors from the engine: bad input (a context that filled up, an id out of range) is the
+/// client's; a panic is ours.
+fn generation_error(e: String) -> ApiError {
+    if e.starts_with("internal error") {
+        ApiError::internal(e)
+    } else {
+        ApiError::bad(e)
+    }
+}
+
+fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> Response {
+    let (tx, out) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let frame = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
+        if meta.kind == Kind::Chat {
+            let mut first = meta.envelope(true, meta.choice(None, None, true));
+            first["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
+            if tx.send(frame(&first)).await.is_err() {
+                return;
+            }
+        }
+        while let Some(ev) = rx.recv().await {
+            let v = match ev {
+                Event::Text(t) => meta.envelope(true, meta.choice(Some(&t), None, true)),
+                Event::Done(Ok(f)) => {
+                    let reason = finish_reason(f.out.finish_reason);
+                    let mut last = meta.envelope(true, meta.choice(None, Some(reason), true));
+                    last["timings"] = timings(&f);
+                    if tx.send(frame(&last)).await.is_err() {
+                        return;
+                    }
+                    if include_usage {
+                        let mut u = meta.envelope(true, json!([]));
+                        u["usage"] = usage(&f);
+                        if tx.send(frame(&u)).await.is_err() {
+                            return;
+                        }
+                    }
+                    break;
+                }
+                Event::Done(Err(e)) => {
+                    let _ = tx.send(frame(&generation_error(e).body())).await;
+                    break;
+                }
+            };
+            // A failed send means the client left: dropping `rx` makes the engine stop.
+            if tx.send(frame(&v)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(out));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| error(ApiError::internal("cannot build the response")))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,511 @@
+//! `verispec serve` end to end: a real server process on a free port, spoken to over plain
+//! HTTP/1.1 from std sockets. Uses SmolLM2 (scripts/fetch-models.sh), as `run` does by default.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a server on a free port and wait until /health says 200.
+fn start(extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verispec"))
+        .current_dir(workspace())
+        .env_remove("VERISPEC_MODEL")
+        .args(["serve", "--model", MODEL, "--port", "0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server { child, addr };
+    let t0 = Instant::now();
+    while get(&server, "/health").0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never became healthy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// One request on its own connection; the whole reply (the server closes after it).
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before it has read everything: ignore a failed write.
+    let _ = c.write_all(body);
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Reply {
+        status,
+        headers: headers.to_string(),
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn get(s: &Server, path: &str) -> (u16, String) {
+    match std::panic::catch_unwind(|| request(s.addr, "GET", path, b"")) {
+        Ok(r) => (r.status, r.body),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    post_to(s.addr, path, body)
+}
+
+fn post_to(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let r = request(addr, "POST", path, body.to_string().as_bytes());
+    let v = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", r.status, r.body));
+    (r.status, v)
+}
+
+/// `verispec run --json` on the same prompt: the server must produce the same text.
+fn run_text(prompt: &str, n: usize, chat: bool) -> String {
+    let mut args = vec![
+        "run".to_string(),
+        "--model".into(),
+        MODEL.into(),
+        "--prompt".into(),
+        prompt.into(),
+        "-n".into(),
+        n.to_string(),
+        "--json".into(),
+    ];
+    if chat {
+        args.push("--chat".into());
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
+        .current_dir(workspace())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["text"].as_str().unwrap().to_string()
+}
+
+/// The `data:` payloads of an SSE body, up to (not including) `[DONE]`; panics if it is missing.
+fn sse_events(body: &str) -> Vec<Value> {
+    let data: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        data.last(),
+        Some(&"[DONE]"),
+        "stream must end with [DONE]: {body}"
+    );
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn completions_and_chat_equal_run_whole_and_streamed() {
+    let s = start(&[]);
+    let (code, models) = {
+        let (c, b) = get(&s, "/v1/models");
+        (c, serde_json::from_str::<Value>(&b).unwrap())
+    };
+    assert_eq!(code, 200);
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+
+    let prompt = "The capital of France is";
+    let want = run_text(prompt, 24, false);
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"model": "SmolLM2-135M-Instruct.Q4_1", "prompt": prompt, "max_tokens": 24}),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["object"], "text_completion");
+    assert_eq!(r["choices"][0]["text"], want.as_str());
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["usage"]["completion_tokens"], 24);
+    let n_prompt = r["usage"]["prompt_tokens"].as_u64().unwrap();
+
+    // The same request again reuses the cached prompt and still gives the same text.
+    let (_, again) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24}),
+    );
+    assert_eq!(again["choices"][0]["text"], want.as_str());
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some(n_prompt - 1)
+    );
+
+    // Greedy without speculation gives the same text too.
+    let (_, plain) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "speculative": false}),
+    );
+    assert_eq!(plain["choices"][0]["text"], want.as_str());
+
+    // Streamed: the pieces join to the same text, then a finish chunk, usage, [DONE].
+    let body = json!({"prompt": prompt, "max_tokens": 24, "stream": true,
+                      "stream_options": {"include_usage": true}});
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("text/event-stream"), "{}", r.headers);
+    let events = sse_events(&r.body);
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, want);
+    let finishes: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec!["length"]);
+    assert_eq!(events.last().unwrap()["usage"]["completion_tokens"], 24);
+
+    // Chat equals `run --chat`, whole and streamed.
+    let question = "What is the capital of France?";
+    let want = run_text(question, 40, true);
+    let msgs = json!([{"role": "user", "content": question}]);
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 40}),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(r["choices"][0]["message"]["content"], want.as_str());
+    let body = json!({"messages": msgs, "max_tokens": 40, "stream": true});
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/chat/completions",
+        body.to_string().as_bytes(),
+    );
+    let events = sse_events(&r.body);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want);
+    assert!(events
+        .iter()
+        .all(|e| e["object"] == "chat.completion.chunk"));
+
+    // A stop string cuts the text before it and reports "stop".
+    let (_, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 24, "stop": ["."]}),
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    let cut = r["choices"][0]["text"].as_str().unwrap();
+    assert!(!cut.contains('.') && run_text(prompt, 24, false).starts_with(cut));
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_and_the_server_survives() {
+    let s = start(&["--ctx", "64"]);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/completions",
+            b"{not json".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            b"[1,2]".to_vec(),
+            400,
+            "JSON object",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            br#"{"prompt":"x","temperature":0.7}"#.to_vec(),
+            400,
+            "temperature",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            br#"{"prompt":"x","n":3}"#.to_vec(),
+            400,
+            "'n'",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            br#"{"prompt":[999999]}"#.to_vec(),
+            400,
+            "out of range",
+        ),
+        (
+            "POST",
+            "/v1/completions",
+            br#"{"prompt":"x","model":"gpt-4"}"#.to_vec(),
+            404,
+            "gpt-4",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            br#"{"messages":[]}"#.to_vec(),
+            400,
+            "messages",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            br#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#.to_vec(),
+            400,
+            "only text",
+        ),
+        ("GET", "/v1/completions", Vec::new(), 405, "method"),
+        ("GET", "/v2/nothing", Vec::new(), 404, "no such route"),
+        (
+            "POST",
+            "/v1/completions",
+            vec![b' '; 9 << 20],
+            413,
+            "exceeds",
+        ),
+    ];
+    let long_prompt = "word ".repeat(200);
+    let long = json!({"prompt": long_prompt}).to_string().into_bytes();
+    let mut cases = cases;
+    cases.push(("POST", "/v1/completions", long, 400, "context holds 64"));
+    for (method, path, body, status, needle) in cases {
+        let r = request(s.addr, method, path, &body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| {
+            panic!("{method} {path}: error body is not JSON ({e}): {}", r.body)
+        });
+        let e = &v["error"];
+        assert_eq!(e["code"], status);
+        assert!(e["type"].is_string());
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{method} {path}: {msg:?} lacks {needle:?}"
+        );
+    }
+    // Garbage on the socket: the server answers or closes, and goes on serving.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"\x00\x01GARBAGE / HTTP/9\r\n\r\n");
+    let _ = c.read_to_end(&mut Vec::new());
+    // A generation that runs into the context limit ends with "length", not an error.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": true}),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["usage"]["total_tokens"], 64 + 1);
+    let (code, m) = get(&s, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("verispec_http_requests_total{route=\"/v1/completions\",code=\"400\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("verispec_model_loaded{model=\"SmolLM2-135M-Instruct.Q4_1\"} 1"),
+        "{m}"
+    );
+}
+
+/// Read one SSE event from a streaming connection (after the headers).
+fn read_event(r: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(d) = line.strip_prefix("data: ") {
+            return d.trim_end().to_string();
+        }
+    }
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let (_, m) = get(s, "/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {m}"))
+}
+
+#[test]
+fn a_full_queue_gives_503_and_a_gone_client_frees_the_engine() {
+    let s = start(&["--queue", "1"]);
+    // A: a long streamed generation; wait for its first token so it is surely running.
+    let mut a = TcpStream::connect(s.addr).unwrap();
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 100000, "ignore_eos": true,
+                      "stream": true})
+    .to_string();
+    write!(
+        a,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut ra = BufReader::new(a.try_clone().unwrap());
+    read_event(&mut ra);
+    assert_eq!(metric(&s, "verispec_requests_running"), 1.0);
+    // B waits in the queue (its client blocks until A ends).
+    let addr = s.addr;
+    let b = std::thread::spawn(move || {
+        post_to(
+            addr,
+            "/v1/completions",
+            &json!({"prompt": "Hello", "max_tokens": 4}),
+        )
+    });
+    let t0 = Instant::now();
+    while metric(&s, "verispec_queue_depth") < 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "B never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // C finds the queue full: refused at once, with Retry-After.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 4})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        r.headers
+    );
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("queue is full"));
+    // A's client leaves: its generation stops and B runs.
+    drop(ra);
+    drop(a);
+    let (code, rb) = b.join().unwrap();
+    assert_eq!(code, 200, "{rb}");
+    assert_eq!(rb["usage"]["completion_tokens"], 4);
+    let t0 = Instant::now();
+    while metric(&s, "verispec_generations_total{reason=\"cancelled\"}") < 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "A was never cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&s, "verispec_queue_depth"), 0.0);
+}
+
+#[test]
+fn a_missing_model_fails_with_exit_1_before_listening() {
+    let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
+        .current_dir(workspace())
+        .args([
+            "serve",
+            "--model",
+            "models/does-not-exist.gguf",
+            "--port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("does-not-exist.gguf") && !e.contains("listening"),
+        "{e}"
+    );
+}
