@@ -70,10 +70,15 @@ struct Reply {
 
 /// One request on its own connection; the whole reply (the server closes after it).
 fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    request_with(addr, method, path, "", body)
+}
+
+/// `request` with extra header lines (each ending in \r\n).
+fn request_with(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &[u8]) -> Reply {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.write_all(head.as_bytes()).unwrap();
@@ -487,6 +492,58 @@ fn a_full_queue_gives_503_and_a_gone_client_frees_the_engine() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(metric(&s, "verispec_queue_depth"), 0.0);
+}
+
+#[test]
+fn tokenize_detokenize_and_the_api_key() {
+    let s = start(&["--api-key", "sesame"]);
+    let auth = "Authorization: Bearer sesame\r\n";
+    let text = "Hello <|im_start|>world";
+    let body = json!({"content": text}).to_string();
+    // Without the key: 401 in the error shape. /health and /metrics stay open.
+    let r = request(s.addr, "POST", "/tokenize", body.as_bytes());
+    assert_eq!(r.status, 401, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let r = request_with(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        "Authorization: Bearer nope\r\n",
+        b"{}",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(get(&s, "/metrics").0, 200);
+    // With it: the ids are the `tokenize` command's.
+    let r = request_with(s.addr, "POST", "/tokenize", auth, body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
+        .current_dir(workspace())
+        .args(["tokenize", "--model", MODEL, "--json", text])
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tokens"], cli["ids"]);
+    assert_eq!(
+        v["tokens"].as_array().unwrap().len(),
+        v["pieces"].as_array().unwrap().len()
+    );
+    // Detokenize gives the text back (the control token is left out, as in generated text).
+    let ids = v["tokens"].clone();
+    let r = request_with(
+        s.addr,
+        "POST",
+        "/detokenize",
+        auth,
+        json!({"tokens": ids}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["content"], "Hello world");
+    let r = request_with(s.addr, "POST", "/detokenize", auth, br#"{"tokens":[1,-2]}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("'tokens'"), "{}", r.body);
 }
 
 #[test]

@@ -14,6 +14,9 @@ pub struct Args {
     /// Requests that may wait while one is generated; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Require `Authorization: Bearer KEY` (every route but /health and /metrics).
+    #[arg(long, env = "VERISPEC_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -22,5 +25,6 @@ pub fn run(a: Args) -> CliResult {
         host: a.host,
         port: a.port,
         queue: a.queue,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
     })
 }

@@ -62,7 +62,7 @@ pub enum Prompt {
 }
 
 /// The options both endpoints share.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     pub model: Option<String>,
     /// None: the endpoint's default.
@@ -166,8 +166,8 @@ fn parse_prompt(v: &Value) -> Result<Prompt, ApiError> {
         Value::Array(a) if a.is_empty() => Err(ApiError::bad("'prompt' is empty")),
         Value::Array(a) => match &a[0] {
             Value::String(s) if a.len() == 1 => Ok(Prompt::Text(s.clone())),
-            Value::Number(_) => token_ids(a).map(Prompt::Ids),
-            Value::Array(inner) if a.len() == 1 => token_ids(inner).map(Prompt::Ids),
+            Value::Number(_) => token_ids("prompt", a).map(Prompt::Ids),
+            Value::Array(inner) if a.len() == 1 => token_ids("prompt", inner).map(Prompt::Ids),
             _ => Err(ApiError::bad(one_prompt)),
         },
         _ => Err(ApiError::bad(
@@ -176,9 +176,9 @@ fn parse_prompt(v: &Value) -> Result<Prompt, ApiError> {
     }
 }
 
-fn token_ids(a: &[Value]) -> Result<Vec<u32>, ApiError> {
+fn token_ids(field: &str, a: &[Value]) -> Result<Vec<u32>, ApiError> {
     if a.is_empty() {
-        return Err(ApiError::bad("'prompt' is empty"));
+        return Err(ApiError::bad(format!("'{field}' is empty")));
     }
     a.iter()
         .map(|v| {
@@ -186,7 +186,7 @@ fn token_ids(a: &[Value]) -> Result<Vec<u32>, ApiError> {
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| {
                     ApiError::bad(format!(
-                        "'prompt': token ids must be non-negative integers, got {v}"
+                        "'{field}': token ids must be non-negative integers, got {v}"
                     ))
                 })
         })
@@ -234,6 +234,30 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
         }
     };
     Ok(Message { role, content })
+}
+
+/// `/tokenize`: the text and the two switches (both default to true, as `run` tokenizes).
+pub fn parse_tokenize(body: &[u8]) -> Result<(String, bool, bool), ApiError> {
+    let obj = parse_object(body)?;
+    let content = match obj.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(ApiError::bad("'content' must be a string")),
+    };
+    Ok((
+        content,
+        flag(&obj, "add_special")?.unwrap_or(true),
+        flag(&obj, "parse_special")?.unwrap_or(true),
+    ))
+}
+
+/// `/detokenize`: the token ids.
+pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let obj = parse_object(body)?;
+    match obj.get("tokens") {
+        Some(Value::Array(a)) if a.is_empty() => Ok(Vec::new()),
+        Some(Value::Array(a)) => token_ids("tokens", a),
+        _ => Err(ApiError::bad("'tokens' must be an array of token ids")),
+    }
 }
 
 /// The shared options. `max_keys` lists the names of the token limit, preferred first.

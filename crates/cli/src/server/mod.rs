@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub host: String,
     pub port: u16,
     pub queue: usize,
+    /// Required as `Authorization: Bearer KEY` on every route but /health and /metrics.
+    pub api_key: Option<String>,
 }
 
 /// What exists once the model is loaded.
@@ -65,6 +67,7 @@ struct AppState {
     jobs: SyncSender<Job>,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
+    api_key: Option<String>,
 }
 
 pub fn run(opts: ServeOptions) -> CliResult {
@@ -108,6 +111,7 @@ async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
         jobs,
         metrics: Arc::new(Metrics::default()),
         next_id: AtomicU64::new(0),
+        api_key: opts.api_key.clone(),
     });
     // The engine thread loads the model, then serves the queue. A load failure ends the server.
     let (load_failed, mut load_failure) = mpsc::unbounded_channel();
@@ -189,6 +193,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .fallback(|| async { error(ApiError::not_found("no such route")) })
         .method_not_allowed_fallback(|| async {
             error(ApiError {
@@ -197,6 +203,7 @@ fn router(state: Arc<AppState>) -> Router {
                 message: "method not allowed on this route".into(),
             })
         })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -211,6 +218,26 @@ async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     let res = next.run(req).await;
     state.metrics.http(&route, res.status().as_u16());
     res
+}
+
+/// With `--api-key`, every route but /health and /metrics needs `Authorization: Bearer KEY`.
+async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let open = matches!(req.uri().path(), "/health" | "/metrics");
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !open && given.map(str::trim) != Some(key.as_str()) {
+            return error(ApiError {
+                status: 401,
+                kind: "authentication_error",
+                message: "invalid or missing API key (send Authorization: Bearer KEY)".into(),
+            });
+        }
+    }
+    next.run(req).await
 }
 
 fn error(e: ApiError) -> Response {
@@ -322,6 +349,42 @@ async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
         let ids = ready.engine.tokenizer.encode(&text, true, true);
         let max = r.options.max_tokens.unwrap_or(ready.engine.n_ctx);
         submit(&state, ready, ids, max, r.options, Kind::Chat).await
+    };
+    result.await.unwrap_or_else(error)
+}
+
+/// `{"content", "add_special"?, "parse_special"?}` -> `{"tokens", "pieces"}`; the defaults
+/// tokenize as `run --prompt` (and the `tokenize` command) do.
+async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let body = read_body(body).await?;
+        let (content, add_special, parse_special) = api::parse_tokenize(&body)?;
+        let ready = ready(&state, &Options::default())?;
+        let tok = &ready.engine.tokenizer;
+        let ids = tok.encode(&content, add_special, parse_special);
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&id| String::from_utf8_lossy(tok.piece(id, true)).into_owned())
+            .collect();
+        Ok::<_, ApiError>(axum::Json(json!({"tokens": ids, "pieces": pieces})).into_response())
+    };
+    result.await.unwrap_or_else(error)
+}
+
+/// `{"tokens": [ids]}` -> `{"content"}` (control tokens left out, as in generated text).
+async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let result = async {
+        let body = read_body(body).await?;
+        let ids = api::parse_detokenize(&body)?;
+        let ready = ready(&state, &Options::default())?;
+        let n_vocab = ready.engine.cfg.n_vocab;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
+            return Err(ApiError::bad(format!(
+                "token id {bad} is out of range (the vocabulary has {n_vocab} tokens)"
+            )));
+        }
+        let content = ready.engine.tokenizer.decode(&ids);
+        Ok(axum::Json(json!({"content": content})).into_response())
     };
     result.await.unwrap_or_else(error)
 }
