@@ -9,7 +9,12 @@ use verispec::model::LogitRows;
 /// Achievable with f32 compute and an f32 KV cache (fixtures/README.md).
 const MAX_ABS_DIFF: f32 = 1e-3;
 
+/// testdata/fixtures, or `$VERISPEC_FIXTURES_DIR`: the same checks on fixtures made by
+/// shared/tools/make_goldens.py with another `--seed` (testdata/fixtures/README.md).
 fn testdata() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VERISPEC_FIXTURES_DIR") {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures")
 }
 
