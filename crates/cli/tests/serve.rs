@@ -547,6 +547,44 @@ fn tokenize_detokenize_and_the_api_key() {
 }
 
 #[test]
+fn slow_clients_are_cut_off_and_sigterm_exits_cleanly() {
+    let mut s = start(&[]);
+    // A request head that never completes: closed after the server's 30 s header timeout.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let r = c.read_to_end(&mut buf);
+    let waited = t0.elapsed();
+    assert!(
+        r.is_ok() && waited < Duration::from_secs(45),
+        "the connection should be closed after ~30 s: {r:?} after {waited:?}"
+    );
+    assert_eq!(get(&s, "/health").0, 200);
+    // SIGTERM: a clean shutdown with exit code 0.
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
 fn a_missing_model_fails_with_exit_1_before_listening() {
     let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
         .current_dir(workspace())

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -27,6 +27,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use verispec::backend::ComputePath;
@@ -144,28 +148,74 @@ async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
         state.model_id, opts.queue
     );
     let app = router(state);
-    let failure = Arc::new(std::sync::Mutex::new(None));
-    let slot = failure.clone();
     let shutdown = async move {
         tokio::select! {
-            e = load_failure.recv() => {
-                if let Ok(mut f) = slot.lock() {
-                    *f = e;
-                }
+            e = load_failure.recv() => e,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("verispec serve: interrupted, shutting down");
+                None
             }
-            _ = tokio::signal::ctrl_c() => eprintln!("verispec serve: interrupted, shutting down"),
-            _ = terminate() => eprintln!("verispec serve: terminated, shutting down"),
+            _ = terminate() => {
+                eprintln!("verispec serve: terminated, shutting down");
+                None
+            }
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| fail(format!("server error: {e}")))?;
-    let failure = failure.lock().ok().and_then(|mut f| f.take());
-    match failure {
+    match accept_loop(listener, app, shutdown).await {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A client must send its request head within this time, or the connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serve HTTP/1.1 connections until `shutdown` completes, then let requests in flight finish
+/// (for at most SHUTDOWN_GRACE) and return what `shutdown` gave. Unlike `axum::serve`, it
+/// closes connections whose request head does not arrive within HEADER_READ_TIMEOUT, so idle or
+/// slow clients cannot pile up.
+async fn accept_loop<T>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = T>,
+) -> T {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let result = loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on accepting.
+                    eprintln!("verispec serve: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            v = &mut shutdown => break v,
+        };
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A connection error (a reset, a timeout, a malformed request head) ends only it.
+            let _ = conn.await;
+        });
+    };
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            eprintln!("verispec serve: requests still running after {SHUTDOWN_GRACE:?}; exiting");
+        }
+    }
+    result
 }
 
 #[cfg(unix)]
