@@ -2,6 +2,7 @@
 //! results are identical for any thread count and any number of token rows.
 
 mod attention;
+mod float_dot;
 pub mod kernels;
 pub mod pool;
 mod softmax_exp;
@@ -400,13 +401,27 @@ impl Backend for CpuBackend {
                 const ROWS_PER_TASK: usize = 16;
                 let dst = SyncPtr(tmp.as_mut_ptr());
                 self.pool.run(n_out.div_ceil(ROWS_PER_TASK), &|c| {
+                    let rows = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n_out);
+                    // SAFETY: task `c` alone writes rows `c * 16 ..` of `tmp`.
+                    let mine = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            dst.at(rows.start * n_rows),
+                            rows.len() * n_rows,
+                        )
+                    };
+                    // Float rows straight from the file, same bits as below (float_dot.rs).
+                    let x = &x[..n_rows * n_in];
+                    let ty = h.ggml_type();
+                    let w_rows: Vec<&[u8]> = rows.clone().map(|o| h.row(o)).collect();
+                    if float_dot::row_dots(ty, &w_rows, x, n_in, n_rows, mine) {
+                        return;
+                    }
                     let mut w = vec![0f32; n_in];
-                    for o in c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n_out) {
+                    for o in rows.clone() {
                         dequant_row(h, o, &mut w);
                         for t in 0..n_rows {
-                            let v = dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
-                            // SAFETY: task `c` alone writes rows `c * 16 ..` of `tmp`.
-                            unsafe { *dst.at(o * n_rows + t) = v };
+                            mine[(o - rows.start) * n_rows + t] =
+                                dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
                         }
                     }
                 });
