@@ -4,7 +4,6 @@
 
 mod commands;
 mod common;
-mod server;
 
 use clap::{Parser, Subcommand};
 

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::tokenizer::Tokenizer;
 use crate::EngineError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -33,6 +34,17 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         }
+    }
+
+    /// The GGUF's `tokenizer.chat_template`, with its BOS / EOS texts; None if it has none.
+    pub fn from_tokenizer(tok: &Tokenizer) -> Option<ChatTemplate> {
+        let src = tok.chat_template()?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tok.token_text(i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Some(ChatTemplate::new(src, &text(tok.bos()), &text(tok.eos())))
     }
 
     /// Render `messages`; with `add_generation_prompt` the text ends where the assistant's

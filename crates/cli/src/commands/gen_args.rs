@@ -73,30 +73,3 @@ impl GenArgs {
         })
     }
 }
-
-/// Stats as the CLI contract names them.
-pub fn stats_json(out: &verispec::generate::request::GenOutput) -> serde_json::Value {
-    let s = &out.stats;
-    let mut j = serde_json::json!({
-        "n_prompt": s.n_prompt,
-        "n_generated": s.n_generated,
-        "prefill_tok_s": s.prefill_tok_s(),
-        "decode_tok_s": s.decode_tok_s(),
-        "ms_per_token": s.ms_per_token(),
-        "finish_reason": out.finish_reason,
-    });
-    if let Some(sp) = &out.spec {
-        let decoded = s.n_generated.saturating_sub(1);
-        j["drafted"] = sp.drafted.into();
-        j["accepted"] = sp.accepted.into();
-        j["acceptance_rate"] = sp.acceptance_rate().into();
-        j["verify_passes"] = sp.verify_passes.into();
-        j["decode_passes"] = sp.decode_passes.into();
-        j["tokens_per_pass"] = if sp.decode_passes > 0 {
-            (decoded as f64 / sp.decode_passes as f64).into()
-        } else {
-            0.0.into()
-        };
-    }
-    j
-}

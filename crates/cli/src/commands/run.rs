@@ -6,7 +6,7 @@ use verispec::chat::{ChatTemplate, Message};
 use verispec::engine::Engine;
 use verispec::generate::request::generate;
 
-use super::gen_args::{stats_json, GenArgs};
+use super::gen_args::GenArgs;
 use crate::common::{fail, print_json, CliResult, ModelArgs};
 
 #[derive(clap::Args)]
@@ -31,16 +31,8 @@ pub struct Args {
 
 /// The chat template of the model, or an error saying it has none.
 pub fn template(engine: &Engine) -> CliResult<ChatTemplate> {
-    let tok = &engine.tokenizer;
-    let src = tok
-        .chat_template()
-        .ok_or_else(|| fail("this model has no chat template (tokenizer.chat_template)"))?;
-    let text = |id: Option<u32>| {
-        id.and_then(|i| tok.token_text(i))
-            .unwrap_or_default()
-            .to_string()
-    };
-    Ok(ChatTemplate::new(src, &text(tok.bos()), &text(tok.eos())))
+    ChatTemplate::from_tokenizer(&engine.tokenizer)
+        .ok_or_else(|| fail("this model has no chat template (tokenizer.chat_template)"))
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -80,7 +72,7 @@ pub fn run(a: Args) -> CliResult {
             "prompt_ids": prompt_ids,
             "generated_ids": out.generated_ids,
             "text": out.text,
-            "stats": stats_json(&out),
+            "stats": out.stats_json(),
         }));
     }
     println!();

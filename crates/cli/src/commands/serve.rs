@@ -1,5 +1,9 @@
-use crate::common::{CliResult, ModelArgs};
-use crate::server::{run as serve, ServeOptions};
+use std::path::Path;
+
+use verispec::backend::ComputePath;
+use verispec_server::{run as serve, ServeOptions};
+
+use crate::common::{fail, CliResult, ModelArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,12 +23,31 @@ pub struct Args {
     pub api_key: Option<String>,
 }
 
+/// The OpenAI-compatible server (crates/server, docs/SERVER.md). A model that cannot be found
+/// fails here, before the socket is bound; the model itself loads after, so /health can say so.
 pub fn run(a: Args) -> CliResult {
+    let path = match &a.model.manifest {
+        Some(m) if !m.exists() => {
+            return Err(fail(format!("manifest {} does not exist", m.display())))
+        }
+        Some(m) => m.clone(),
+        None => a.model.model_path()?,
+    };
+    a.model.threads()?;
+    let model = a.model.clone();
     serve(ServeOptions {
-        model: a.model,
+        model_id: stem(&path),
+        load: Box::new(move || model.load(ComputePath::Fast).map_err(|e| e.to_string())),
         host: a.host,
         port: a.port,
         queue: a.queue,
         api_key: a.api_key.filter(|k| !k.is_empty()),
     })
+    .map_err(fail)
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
 }

@@ -54,6 +54,36 @@ pub struct GenOutput {
     pub finish_reason: &'static str,
 }
 
+impl GenOutput {
+    /// The stats as the CLI contract names them (`run --json`'s `stats`; the server's
+    /// `timings`).
+    pub fn stats_json(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let mut j = serde_json::json!({
+            "n_prompt": s.n_prompt,
+            "n_generated": s.n_generated,
+            "prefill_tok_s": s.prefill_tok_s(),
+            "decode_tok_s": s.decode_tok_s(),
+            "ms_per_token": s.ms_per_token(),
+            "finish_reason": self.finish_reason,
+        });
+        if let Some(sp) = &self.spec {
+            let decoded = s.n_generated.saturating_sub(1);
+            j["drafted"] = sp.drafted.into();
+            j["accepted"] = sp.accepted.into();
+            j["acceptance_rate"] = sp.acceptance_rate().into();
+            j["verify_passes"] = sp.verify_passes.into();
+            j["decode_passes"] = sp.decode_passes.into();
+            j["tokens_per_pass"] = if sp.decode_passes > 0 {
+                (decoded as f64 / sp.decode_passes as f64).into()
+            } else {
+                0.0.into()
+            };
+        }
+        j
+    }
+}
+
 pub fn generate(
     engine: &Engine,
     session: &mut Session,

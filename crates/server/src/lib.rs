@@ -33,12 +33,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use verispec::backend::ComputePath;
 use verispec::chat::ChatTemplate;
 use verispec::engine::Engine;
 use verispec::generate::request::{GenRequest, Speculation};
 
-use crate::common::{fail, CliResult, ModelArgs};
 use api::{ApiError, Options, Prompt};
 use metrics::Metrics;
 use worker::{Event, Finished, Job};
@@ -49,10 +47,16 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// of the context.
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
+/// Loads the model; runs on the engine thread after the socket is bound.
+pub type Loader = Box<dyn FnOnce() -> Result<Engine, String> + Send>;
+
 pub struct ServeOptions {
-    pub model: ModelArgs,
+    /// The id `/v1/models` lists and requests may name (the GGUF file's stem).
+    pub model_id: String,
+    pub load: Loader,
     pub host: String,
     pub port: u16,
+    /// Requests that may wait while one runs; more get 503.
     pub queue: usize,
     /// Required as `Authorization: Bearer KEY` on every route but /health and /metrics.
     pub api_key: Option<String>,
@@ -74,42 +78,26 @@ struct AppState {
     api_key: Option<String>,
 }
 
-pub fn run(opts: ServeOptions) -> CliResult {
-    // Fail before binding if the model cannot be found at all.
-    let model_id = match &opts.model.manifest {
-        Some(m) => {
-            if !m.exists() {
-                return Err(fail(format!("manifest {} does not exist", m.display())));
-            }
-            stem(m)
-        }
-        None => stem(&opts.model.model_path()?),
-    };
-    opts.model.threads()?;
+/// Serve until SIGINT / SIGTERM (Ok) or until the model fails to load (its error).
+pub fn run(opts: ServeOptions) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(serve(opts, model_id))
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    rt.block_on(serve(opts))
 }
 
-fn stem(p: &std::path::Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".to_string())
-}
-
-async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
+async fn serve(opts: ServeOptions) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .await
-        .map_err(|e| fail(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)))?;
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.port))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| fail(format!("cannot read the bound address: {e}")))?;
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let (jobs, queue) = sync_channel::<Job>(opts.queue);
     let state = Arc::new(AppState {
-        model_id,
+        model_id: opts.model_id.clone(),
         created: unix_now(),
         ready: OnceLock::new(),
         jobs,
@@ -121,13 +109,13 @@ async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
     let (load_failed, mut load_failure) = mpsc::unbounded_channel();
     {
         let state = state.clone();
-        let model = opts.model.clone();
+        let load = opts.load;
         std::thread::Builder::new()
             .name("verispec-engine".into())
-            .spawn(move || match model.load(ComputePath::Fast) {
+            .spawn(move || match load() {
                 Ok(engine) => {
                     let engine = Arc::new(engine);
-                    let template = crate::commands::run::template(&engine).ok();
+                    let template = ChatTemplate::from_tokenizer(&engine.tokenizer);
                     let metrics = state.metrics.clone();
                     let _ = state.ready.set(Ready {
                         engine: engine.clone(),
@@ -141,7 +129,7 @@ async fn serve(opts: ServeOptions, model_id: String) -> CliResult {
                     let _ = load_failed.send(e);
                 }
             })
-            .map_err(|e| fail(format!("cannot start the engine thread: {e}")))?;
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
     }
     eprintln!(
         "verispec serve: listening on http://{addr} (model {}, queue {})",
@@ -585,7 +573,7 @@ fn usage(f: &Finished) -> Value {
 
 /// Our own figures beside OpenAI's fields, as llama-server's `timings`.
 fn timings(f: &Finished) -> Value {
-    crate::commands::gen_args::stats_json(&f.out)
+    f.out.stats_json()
 }
 
 async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
