@@ -281,6 +281,71 @@ fn completions_and_chat_equal_run_whole_and_streamed() {
         .iter()
         .all(|e| e["object"] == "chat.completion.chunk"));
 
+    // Log-probabilities: one per generated token, the token is the top alternative (greedy),
+    // and speculation gives the same values bit for bit (its verify rows equal single steps).
+    // A code prompt on which speculation accepts drafts (so tokens come from verify rows > 0).
+    let code = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
+    let lp = |spec: bool| {
+        let (status, r) = post(
+            &s,
+            "/v1/completions",
+            &json!({"prompt": code, "max_tokens": 64, "ignore_eos": true, "logprobs": 3,
+                    "speculative": spec}),
+        );
+        assert_eq!(status, 200, "{r}");
+        if spec {
+            assert!(r["timings"]["accepted"].as_u64().unwrap() > 0, "{r}");
+        }
+        (
+            r["choices"][0]["logprobs"].clone(),
+            r["choices"][0]["text"].clone(),
+        )
+    };
+    let ((with, text), (without, _)) = (lp(true), lp(false));
+    assert_eq!(with, without);
+    let tokens = with["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 64);
+    for (i, tok) in tokens.iter().enumerate() {
+        let own = with["token_logprobs"][i].as_f64().unwrap();
+        let top = with["top_logprobs"][i].as_object().unwrap();
+        assert!(own <= 0.0 && !top.is_empty() && top.len() <= 3);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert_eq!(
+            top.get(tok.as_str().unwrap()).and_then(Value::as_f64),
+            Some(own)
+        );
+        assert_eq!(
+            best, own,
+            "position {i}: the greedy token is the most likely"
+        );
+    }
+    assert_eq!(
+        tokens
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        text.as_str().unwrap()
+    );
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 8, "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        r["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        content[0]["top_logprobs"][0]["logprob"],
+        content[0]["logprob"]
+    );
+
     // A stop string cuts the text before it and reports "stop".
     let (_, r) = post(
         &s,

@@ -402,6 +402,7 @@ pub fn run_suite(
                 stop: Vec::new(),
                 speculative: None,
                 cancel: None,
+                logprobs: None,
             };
             let mut s = engine.new_session();
             let g = generate(engine, &mut s, &ids, &req, |_| {})?;

@@ -75,6 +75,7 @@ fn gen(engine: &Engine, prompt: &str, spec: bool) -> Vec<u32> {
             ..Default::default()
         }),
         cancel: None,
+        logprobs: None,
     };
     let mut s = engine.new_session();
     generate(engine, &mut s, &ids, &req, |_| {})

@@ -101,7 +101,7 @@ fn smollm2_free_running_matches_until_first_near_tie() {
         let n = rec.generated.len();
         let mut got = Vec::new();
         let mut s = engine.new_session();
-        greedy(&mut s, &rec.prompt_ids, n, |t| {
+        greedy(&mut s, &rec.prompt_ids, n, |t, _| {
             got.push(t);
             Flow::Continue
         })

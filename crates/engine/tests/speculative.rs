@@ -25,7 +25,7 @@ fn fixture(case: &str, path: ComputePath) -> Engine {
 fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut out = Vec::new();
     let mut s = engine.new_session();
-    greedy(&mut s, prompt, n, |t| {
+    greedy(&mut s, prompt, n, |t, _| {
         out.push(t);
         Flow::Continue
     })
@@ -49,10 +49,18 @@ fn spec_ids(
         verify_width: width,
         adaptive,
     };
-    let (_, st) = speculative(&mut s, &mut d, prompt, n, &opts, Some(&mut shadow), |t| {
-        out.push(t);
-        Flow::Continue
-    })
+    let (_, st) = speculative(
+        &mut s,
+        &mut d,
+        prompt,
+        n,
+        &opts,
+        Some(&mut shadow),
+        |t, _| {
+            out.push(t);
+            Flow::Continue
+        },
+    )
     .unwrap();
     (out, st.accepted)
 }
@@ -116,7 +124,7 @@ fn speculative_respects_max_tokens_and_stop() {
         30,
         &SpecOptions::default(),
         None,
-        |_| {
+        |_, _| {
             seen += 1;
             if seen == stop_at {
                 Flow::Stop
@@ -128,7 +136,7 @@ fn speculative_respects_max_tokens_and_stop() {
     .unwrap();
     let mut g = engine.new_session();
     let mut seen = 0;
-    greedy(&mut g, &prompt, 30, |_| {
+    greedy(&mut g, &prompt, 30, |_, _| {
         seen += 1;
         if seen == stop_at {
             Flow::Stop
@@ -183,6 +191,7 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
             stop: vec![],
             speculative: None,
             cancel: None,
+            logprobs: None,
         };
         let greedy = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
         req.speculative = Some(Speculation {
@@ -247,6 +256,7 @@ fn smollm2_speculative_full_matrix() {
                 stop: vec![],
                 speculative: None,
                 cancel: None,
+                logprobs: None,
             };
             let want = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
             for width in [2, 4, 8] {
@@ -316,7 +326,7 @@ fn exactness_guard_reports_a_divergence() {
         20,
         &SpecOptions::default(),
         Some(&mut shadow),
-        |_| Flow::Continue,
+        |_, _| Flow::Continue,
     )
     .unwrap_err();
     match err {

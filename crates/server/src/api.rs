@@ -73,6 +73,8 @@ pub struct Options {
     pub ignore_eos: bool,
     /// Exact n-gram speculation (on unless the request says `"speculative": false`).
     pub speculative: bool,
+    /// Log-probabilities of the generated tokens, with this many top alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,26 +104,37 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
             Some(_) => return Err(ApiError::bad(format!("'{field}': {why}"))),
         }
     }
-    match obj.get("logprobs") {
-        None | Some(Value::Null) => {}
-        Some(v) if v.as_u64() == Some(0) => {}
-        Some(_) => return Err(ApiError::bad("'logprobs' is not supported")),
-    }
+    // Completions: `logprobs` is the number of top alternatives (0 gives the token's own).
+    let logprobs = match obj.get("logprobs") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(top_count("logprobs", v)?),
+    };
     expect_one(&obj, "best_of")?;
     let prompt = match obj.get("prompt") {
         None | Some(Value::Null) => return Err(ApiError::bad("'prompt' is required")),
         Some(v) => parse_prompt(v)?,
     };
-    let options = parse_options(&obj, &["max_tokens"])?;
+    let mut options = parse_options(&obj, &["max_tokens"])?;
+    options.logprobs = logprobs;
+    check_stream_logprobs(&options)?;
     Ok(CompletionRequest { prompt, options })
 }
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let obj = parse_object(body)?;
-    match obj.get("logprobs") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(_) => return Err(ApiError::bad("'logprobs' is not supported")),
-    }
+    // Chat: `logprobs: true`, with `top_logprobs` alternatives.
+    let logprobs = match flag(&obj, "logprobs")? {
+        Some(true) => Some(match obj.get("top_logprobs") {
+            None | Some(Value::Null) => 0,
+            Some(v) => top_count("top_logprobs", v)?,
+        }),
+        _ => {
+            if obj.get("top_logprobs").is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::bad("'top_logprobs' needs \"logprobs\": true"));
+            }
+            None
+        }
+    };
     match obj.get("tools") {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) if a.is_empty() => {}
@@ -145,8 +158,31 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         None | Some(Value::Null) => return Err(ApiError::bad("'messages' is required")),
         Some(_) => return Err(ApiError::bad("'messages' must be an array of messages")),
     };
-    let options = parse_options(&obj, &["max_completion_tokens", "max_tokens"])?;
+    let mut options = parse_options(&obj, &["max_completion_tokens", "max_tokens"])?;
+    options.logprobs = logprobs;
+    check_stream_logprobs(&options)?;
     Ok(ChatRequest { messages, options })
+}
+
+/// The most alternatives per token a request may ask for.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+fn top_count(key: &str, v: &Value) -> Result<usize, ApiError> {
+    match v.as_u64() {
+        Some(n) if n as usize <= MAX_TOP_LOGPROBS => Ok(n as usize),
+        _ => Err(ApiError::bad(format!(
+            "'{key}' must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {v}"
+        ))),
+    }
+}
+
+fn check_stream_logprobs(o: &Options) -> Result<(), ApiError> {
+    if o.stream && o.logprobs.is_some() {
+        return Err(ApiError::bad(
+            "log-probabilities are returned only without \"stream\": true",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -377,6 +413,7 @@ fn parse_options(obj: &Map<String, Value>, max_keys: &[&str]) -> Result<Options,
         include_usage,
         ignore_eos: flag(obj, "ignore_eos")?.unwrap_or(false),
         speculative: flag(obj, "speculative")?.unwrap_or(true),
+        logprobs: None,
     })
 }
 
@@ -470,7 +507,8 @@ mod tests {
             (r#"{"prompt":"x","stream":"yes"}"#, "stream"),
             (r#"{"prompt":"x","stream_options":{}}"#, "stream_options"),
             (r#"{"prompt":"x","presence_penalty":1}"#, "presence_penalty"),
-            (r#"{"prompt":"x","logprobs":2}"#, "logprobs"),
+            (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
+            (r#"{"prompt":"x","logprobs":2,"stream":true}"#, "stream"),
             (r#"{"prompt":"x","echo":true}"#, "echo"),
             (r#"{"prompt":"x","logit_bias":{"1":5}}"#, "logit_bias"),
             (r#"{"prompt":"x","model":3}"#, "model"),
@@ -479,6 +517,13 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
             assert!(e.message.contains(field), "{body}: {}", e.message);
         }
+        assert_eq!(
+            completion(r#"{"prompt":"x","logprobs":3}"#)
+                .unwrap()
+                .options
+                .logprobs,
+            Some(3)
+        );
         let many = format!(r#"{{"prompt":"x","stop":{:?}}}"#, vec!["s"; MAX_STOPS + 1]);
         assert!(completion(&many).unwrap_err().message.contains("at most"));
     }
@@ -519,6 +564,16 @@ mod tests {
             ]
         );
         assert_eq!(r.options.max_tokens, Some(7));
+        assert_eq!(r.options.logprobs, None);
+        let lp = |b: &str| parse_chat(b.as_bytes()).map(|r| r.options.logprobs);
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        assert_eq!(lp(&format!("{{{m},\"logprobs\":true}}")), Ok(Some(0)));
+        assert_eq!(
+            lp(&format!("{{{m},\"logprobs\":true,\"top_logprobs\":5}}")),
+            Ok(Some(5))
+        );
+        assert!(lp(&format!("{{{m},\"top_logprobs\":5}}")).is_err());
+        assert!(lp(&format!("{{{m},\"logprobs\":true,\"top_logprobs\":99}}")).is_err());
         for (body, field) in [
             (r#"{"messages":[]}"#, "messages"),
             (r#"{"messages":"hi"}"#, "messages"),

@@ -36,6 +36,8 @@ use tokio::sync::mpsc;
 use verispec::chat::ChatTemplate;
 use verispec::engine::Engine;
 use verispec::generate::request::{GenRequest, Speculation};
+use verispec::generate::TokenLogprob;
+use verispec::tokenizer::Tokenizer;
 
 use api::{ApiError, Options, Prompt};
 use metrics::Metrics;
@@ -466,6 +468,7 @@ async fn submit(
         stop: opts.stop.clone(),
         speculative: opts.speculative.then(Speculation::default),
         cancel: Some(cancel.clone()),
+        logprobs: opts.logprobs,
     };
     let n = state.next_id.fetch_add(1, Ordering::Relaxed);
     let meta = Meta {
@@ -476,6 +479,7 @@ async fn submit(
         created: unix_now(),
         model: state.model_id.clone(),
         kind,
+        tok: engine.tokenizer.clone(),
     };
     let (events, rx) = mpsc::unbounded_channel();
     let job = Job {
@@ -508,6 +512,7 @@ struct Meta {
     created: u64,
     model: String,
     kind: Kind,
+    tok: Arc<Tokenizer>,
 }
 
 impl Meta {
@@ -552,6 +557,51 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// The generated tokens' log-probabilities in the endpoint's OpenAI shape.
+    fn logprobs(&self, lps: &[TokenLogprob]) -> Value {
+        let text = |id: u32| String::from_utf8_lossy(self.tok.piece(id, true)).into_owned();
+        match self.kind {
+            Kind::Completion => {
+                let mut offset = 0;
+                let mut offsets = Vec::new();
+                for t in lps {
+                    offsets.push(offset);
+                    offset += String::from_utf8_lossy(self.tok.piece(t.id, false))
+                        .chars()
+                        .count();
+                }
+                json!({
+                    "tokens": lps.iter().map(|t| text(t.id)).collect::<Vec<_>>(),
+                    "token_logprobs": lps.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": lps
+                        .iter()
+                        .map(|t| {
+                            t.top
+                                .iter()
+                                .map(|&(id, lp)| (text(id), json!(lp)))
+                                .collect::<serde_json::Map<_, _>>()
+                        })
+                        .collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+            Kind::Chat => {
+                let entry = |id: u32, lp: f32| json!({"token": text(id), "logprob": lp, "bytes": self.tok.piece(id, true)});
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|t| {
+                        let mut e = entry(t.id, t.logprob);
+                        e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+        }
+    }
+}
+
 /// OpenAI's finish reasons: "stop" for end-of-generation or a stop string, "length" for the
 /// token limit or a full context.
 fn finish_reason(r: &str) -> &'static str {
@@ -591,6 +641,9 @@ async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Res
                 );
                 body["usage"] = usage(&f);
                 body["timings"] = timings(&f);
+                if !f.out.logprobs.is_empty() {
+                    body["choices"][0]["logprobs"] = meta.logprobs(&f.out.logprobs);
+                }
                 return Ok(axum::Json(body).into_response());
             }
             Some(Event::Done(Err(e))) => return Err(generation_error(e)),

@@ -70,6 +70,7 @@ impl GenArgs {
             stop: self.stop.clone(),
             speculative,
             cancel: None,
+            logprobs: None,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Generation loops: greedy decoding (and, in `speculative`, drafting + block verification).
 //!
-//! Loops work on token ids and report each new token to a callback, which decides whether to go
-//! on (end-of-generation and stop strings are the caller's policy, see `StopPolicy`).
+//! Loops work on token ids and report each new token, with the logits row it is the argmax of,
+//! to a callback, which decides whether to go on (end-of-generation and stop strings are the
+//! caller's policy, see `StopPolicy`).
 
 pub mod ngram;
 pub mod request;
@@ -61,7 +62,7 @@ pub fn greedy(
     session: &mut Session,
     prompt: &[u32],
     max_new: usize,
-    mut on_token: impl FnMut(u32) -> Flow,
+    mut on_token: impl FnMut(u32, &[f32]) -> Flow,
 ) -> Result<GenStats, EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::BadInput(
@@ -86,7 +87,7 @@ pub fn greedy(
     for i in 0..max_new {
         let tok = argmax(&logits);
         stats.n_generated += 1;
-        if on_token(tok) == Flow::Stop || i + 1 == max_new {
+        if on_token(tok, &logits) == Flow::Stop || i + 1 == max_new {
             break;
         }
         if session.tokens().len() + 1 > session.n_ctx() {
@@ -96,4 +97,63 @@ pub fn greedy(
     }
     stats.decode_s = t1.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// A generated token's log-probability and the `top` most likely tokens at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// Best first; ties to the lowest id, as the argmax.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Log-softmax of `row` at `id`, and its `top` largest entries. The normalizer is summed in
+/// f64 in index order, so the values depend only on the row's bits: a verify row and the
+/// single step it equals give the same log-probabilities.
+pub fn token_logprob(row: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    let lp = |i: usize| (row[i] as f64 - lse) as f32;
+    let mut best: Vec<usize> = Vec::with_capacity(top + 1);
+    for (i, &x) in row.iter().enumerate() {
+        if best.len() == top && best.last().is_none_or(|&b| x <= row[b]) {
+            continue;
+        }
+        // Insert after every entry >= x (earlier ids win ties).
+        let at = best.partition_point(|&b| row[b] >= x);
+        best.insert(at, i);
+        best.truncate(top);
+    }
+    TokenLogprob {
+        id,
+        logprob: lp(id as usize),
+        top: best.into_iter().map(|i| (i as u32, lp(i))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_normalize_and_rank_like_the_argmax() {
+        let row = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let t = token_logprob(&row, 1, 3);
+        let total: f64 = row
+            .iter()
+            .map(|&x| token_logprob(&row, 0, 0).logprob as f64 - row[0] as f64 + x as f64)
+            .map(f64::exp)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+        // Ties (ids 1 and 3) go to the lower id, then the next best.
+        assert_eq!(t.top.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3, 0]);
+        assert_eq!(t.top[0].1, t.logprob);
+        assert_eq!(t.top[0].0, argmax(&row));
+        let want = (3.0f64 - row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln()) as f32;
+        assert!((t.logprob - want).abs() < 1e-6);
+        assert!(token_logprob(&row, 2, 0).top.is_empty());
+        assert_eq!(token_logprob(&row, 2, 9).top.len(), row.len());
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::ngram::NgramDrafter;
 use super::speculative::{speculative, SpecOptions, SpecStats};
 use super::stop::TextStream;
-use super::{greedy, Flow, GenStats};
+use super::{greedy, token_logprob, Flow, GenStats, TokenLogprob};
 use crate::engine::{Engine, Session};
 use crate::EngineError;
 
@@ -42,6 +42,8 @@ pub struct GenRequest {
     /// Set from another thread (a server whose client went away) to end generation after the
     /// current token; `finish_reason` is then "cancelled".
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Record each generated token's log-probability and this many top alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +54,8 @@ pub struct GenOutput {
     pub spec: Option<SpecStats>,
     /// Why generation ended: "eos", "stop", "length", "context" or "cancelled".
     pub finish_reason: &'static str,
+    /// One per generated id, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl GenOutput {
@@ -100,8 +104,12 @@ pub fn generate(
     let mut ids = Vec::new();
     let mut hit_eos = false;
     let mut cancelled = false;
-    let mut on_token = |id: u32| {
+    let mut logprobs = Vec::new();
+    let mut on_token = |id: u32, row: &[f32]| {
         ids.push(id);
+        if let Some(top) = req.logprobs {
+            logprobs.push(token_logprob(row, id, top));
+        }
         if tok.is_eog(id) && !req.ignore_eos {
             hit_eos = true;
         }
@@ -176,5 +184,6 @@ pub fn generate(
         stats,
         spec,
         finish_reason,
+        logprobs,
     })
 }

@@ -179,7 +179,7 @@ pub fn speculative(
     max_new: usize,
     opts: &SpecOptions,
     mut guard: Option<&mut Session>,
-    mut on_token: impl FnMut(u32) -> Flow,
+    mut on_token: impl FnMut(u32, &[f32]) -> Flow,
 ) -> Result<(GenStats, SpecStats), EngineError> {
     if !(2..=8).contains(&opts.verify_width) {
         return Err(EngineError::BadInput(format!(
@@ -220,7 +220,7 @@ pub fn speculative(
     let mut last = argmax(&logits);
     stats.n_generated = 1;
     drafter.observe(&[last]);
-    if on_token(last) == Flow::Stop || max_new == 1 {
+    if on_token(last, &logits) == Flow::Stop || max_new == 1 {
         stats.decode_s = t1.elapsed().as_secs_f64();
         return Ok((stats, spec));
     }
@@ -286,6 +286,7 @@ pub fn speculative(
         }
 
         // Emit accepted drafts, then the bonus token (the argmax after the last accepted row).
+        // Token j is the argmax of row j (accepted drafts equal the predictions).
         let emitted: Vec<u32> = block[1..=accepted]
             .iter()
             .copied()
@@ -295,7 +296,7 @@ pub fn speculative(
             stats.n_generated += 1;
             drafter.observe(&[tok]);
             let done = stats.n_generated >= max_new;
-            if on_token(tok) == Flow::Stop || done {
+            if on_token(tok, &rows[j * v..(j + 1) * v]) == Flow::Stop || done {
                 // Greedy's state after emitting this token: everything before it is cached.
                 session.truncate(pos0 + 1 + j);
                 if let Some(g) = guard.as_deref_mut() {
