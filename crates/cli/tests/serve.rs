@@ -650,6 +650,56 @@ fn slow_clients_are_cut_off_and_sigterm_exits_cleanly() {
 }
 
 #[test]
+fn echo_scores_the_prompt_with_the_bits_generation_gives() {
+    let s = start(&[]);
+    let prompt = "The capital of France is";
+    // The first generated token and its log-probability.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 1, "logprobs": 2}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    let (first, first_lp) = (lp["tokens"][0].clone(), lp["token_logprobs"][0].clone());
+    // Score prompt + that token with echo and no generation (how lm-eval asks for
+    // log-likelihoods): the last position must carry the same value, bit for bit.
+    let (code, t) = post(&s, "/tokenize", &json!({"content": prompt}));
+    assert_eq!(code, 200);
+    let mut ids: Vec<u64> = t["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let (_, t) = post(
+        &s,
+        "/tokenize",
+        &json!({"content": first.as_str().unwrap(), "add_special": false}),
+    );
+    assert_eq!(t["tokens"].as_array().unwrap().len(), 1, "{t}");
+    ids.push(t["tokens"][0].as_u64().unwrap());
+    let (code, e) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 1}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let c = &e["choices"][0];
+    assert_eq!(e["usage"]["completion_tokens"], 0);
+    assert!(c["text"].as_str().unwrap().starts_with(prompt), "{c}");
+    let got = &c["logprobs"];
+    let n = ids.len();
+    assert_eq!(got["tokens"].as_array().unwrap().len(), n);
+    assert!(got["token_logprobs"][0].is_null() && got["top_logprobs"][0].is_null());
+    for i in 1..n {
+        assert!(got["token_logprobs"][i].as_f64().unwrap() <= 0.0);
+    }
+    assert_eq!(got["token_logprobs"][n - 1], first_lp);
+    assert_eq!(got["tokens"][n - 1], first);
+}
+
+#[test]
 fn a_missing_model_fails_with_exit_1_before_listening() {
     let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
         .current_dir(workspace())

@@ -81,6 +81,8 @@ pub struct Options {
 pub struct CompletionRequest {
     pub prompt: Prompt,
     pub options: Options,
+    /// Return the prompt before the completion (and its tokens' log-probabilities).
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,16 +96,16 @@ pub const MAX_STOPS: usize = 16;
 
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let obj = parse_object(body)?;
-    for (field, why) in [
-        ("suffix", "a suffix (fill-in-the-middle) is not supported"),
-        ("echo", "echo is not supported"),
-    ] {
-        match obj.get(field) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::String(s)) if field == "suffix" && s.is_empty() => {}
-            Some(_) => return Err(ApiError::bad(format!("'{field}': {why}"))),
+    match obj.get("suffix") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::bad(
+                "'suffix': a suffix (fill-in-the-middle) is not supported",
+            ))
         }
     }
+    let echo = flag(&obj, "echo")?.unwrap_or(false);
     // Completions: `logprobs` is the number of top alternatives (0 gives the token's own).
     let logprobs = match obj.get("logprobs") {
         None | Some(Value::Null) => None,
@@ -114,10 +116,20 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
         None | Some(Value::Null) => return Err(ApiError::bad("'prompt' is required")),
         Some(v) => parse_prompt(v)?,
     };
-    let mut options = parse_options(&obj, &["max_tokens"])?;
+    // With echo, max_tokens 0 scores the prompt alone (how evaluation harnesses ask for it).
+    let mut options = parse_options(&obj, &["max_tokens"], if echo { 0 } else { 1 })?;
     options.logprobs = logprobs;
     check_stream_logprobs(&options)?;
-    Ok(CompletionRequest { prompt, options })
+    if echo && options.stream {
+        return Err(ApiError::bad(
+            "'echo' is supported only without \"stream\": true",
+        ));
+    }
+    Ok(CompletionRequest {
+        prompt,
+        options,
+        echo,
+    })
 }
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -158,7 +170,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         None | Some(Value::Null) => return Err(ApiError::bad("'messages' is required")),
         Some(_) => return Err(ApiError::bad("'messages' must be an array of messages")),
     };
-    let mut options = parse_options(&obj, &["max_completion_tokens", "max_tokens"])?;
+    let mut options = parse_options(&obj, &["max_completion_tokens", "max_tokens"], 1)?;
     options.logprobs = logprobs;
     check_stream_logprobs(&options)?;
     Ok(ChatRequest { messages, options })
@@ -296,8 +308,13 @@ pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
     }
 }
 
-/// The shared options. `max_keys` lists the names of the token limit, preferred first.
-fn parse_options(obj: &Map<String, Value>, max_keys: &[&str]) -> Result<Options, ApiError> {
+/// The shared options. `max_keys` lists the names of the token limit, preferred first; it
+/// must be at least `min_tokens`.
+fn parse_options(
+    obj: &Map<String, Value>,
+    max_keys: &[&str],
+    min_tokens: u64,
+) -> Result<Options, ApiError> {
     let model = match obj.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -308,13 +325,13 @@ fn parse_options(obj: &Map<String, Value>, max_keys: &[&str]) -> Result<Options,
         match obj.get(*key) {
             None | Some(Value::Null) => continue,
             Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 => {
+                Some(n) if n >= min_tokens => {
                     max_tokens = Some(usize::try_from(n).unwrap_or(usize::MAX));
                     break;
                 }
                 _ => {
                     return Err(ApiError::bad(format!(
-                        "'{key}' must be an integer >= 1, got {v}"
+                        "'{key}' must be an integer >= {min_tokens}, got {v}"
                     )))
                 }
             },
@@ -509,7 +526,8 @@ mod tests {
             (r#"{"prompt":"x","presence_penalty":1}"#, "presence_penalty"),
             (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
             (r#"{"prompt":"x","logprobs":2,"stream":true}"#, "stream"),
-            (r#"{"prompt":"x","echo":true}"#, "echo"),
+            (r#"{"prompt":"x","echo":true,"stream":true}"#, "echo"),
+            (r#"{"prompt":"x","suffix":"y"}"#, "suffix"),
             (r#"{"prompt":"x","logit_bias":{"1":5}}"#, "logit_bias"),
             (r#"{"prompt":"x","model":3}"#, "model"),
         ] {

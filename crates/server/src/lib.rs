@@ -365,12 +365,16 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
         let r = api::parse_completion(&read_body(body).await?)?;
         let ready = ready(&state, &r.options)?;
         let tok = &ready.engine.tokenizer;
-        let ids = match r.prompt {
-            Prompt::Text(t) => tok.encode(&t, true, true),
-            Prompt::Ids(ids) => ids,
+        let (ids, text) = match r.prompt {
+            Prompt::Text(t) => (tok.encode(&t, true, true), t),
+            Prompt::Ids(ids) => {
+                let t = tok.decode(&ids);
+                (ids, t)
+            }
         };
         let max = r.options.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
-        submit(&state, ready, ids, max, r.options, Kind::Completion).await
+        let echo = r.echo.then_some(text);
+        submit(&state, ready, ids, max, r.options, Kind::Completion, echo).await
     };
     result.await.unwrap_or_else(error)
 }
@@ -388,7 +392,7 @@ async fn chat(State(state): State<Arc<AppState>>, body: Body) -> Response {
             .map_err(|e| ApiError::bad(e.to_string()))?;
         let ids = ready.engine.tokenizer.encode(&text, true, true);
         let max = r.options.max_tokens.unwrap_or(ready.engine.n_ctx);
-        submit(&state, ready, ids, max, r.options, Kind::Chat).await
+        submit(&state, ready, ids, max, r.options, Kind::Chat, None).await
     };
     result.await.unwrap_or_else(error)
 }
@@ -435,7 +439,8 @@ enum Kind {
     Chat,
 }
 
-/// Check the prompt, queue the job, and answer (whole or streamed).
+/// Check the prompt, queue the job, and answer (whole or streamed). `echo`: the prompt's text,
+/// to put before the completion (with its tokens' log-probabilities if asked for).
 async fn submit(
     state: &Arc<AppState>,
     ready: &Ready,
@@ -443,6 +448,7 @@ async fn submit(
     max_tokens: usize,
     opts: Options,
     kind: Kind,
+    echo: Option<String>,
 ) -> Result<Response, ApiError> {
     let engine = &ready.engine;
     if ids.is_empty() {
@@ -480,11 +486,14 @@ async fn submit(
         model: state.model_id.clone(),
         kind,
         tok: engine.tokenizer.clone(),
+        prompt: ids.clone(),
+        echo: echo.clone(),
     };
     let (events, rx) = mpsc::unbounded_channel();
     let job = Job {
         id: meta.id.clone(),
         prompt: ids,
+        prompt_logprobs: if echo.is_some() { opts.logprobs } else { None },
         req,
         cancel,
         events,
@@ -513,6 +522,9 @@ struct Meta {
     model: String,
     kind: Kind,
     tok: Arc<Tokenizer>,
+    prompt: Vec<u32>,
+    /// The prompt's text when the request asked for echo.
+    echo: Option<String>,
 }
 
 impl Meta {
@@ -558,37 +570,55 @@ impl Meta {
 }
 
 impl Meta {
-    /// The generated tokens' log-probabilities in the endpoint's OpenAI shape.
-    fn logprobs(&self, lps: &[TokenLogprob]) -> Value {
+    /// The generated tokens' log-probabilities in the endpoint's OpenAI shape; with echo, the
+    /// prompt's tokens come first (the first one has none: nothing predicts it).
+    fn logprobs(&self, f: &Finished) -> Value {
         let text = |id: u32| String::from_utf8_lossy(self.tok.piece(id, true)).into_owned();
+        let top = |t: &TokenLogprob| {
+            t.top
+                .iter()
+                .map(|&(id, lp)| (text(id), json!(lp)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let lps = &f.out.logprobs;
         match self.kind {
             Kind::Completion => {
+                let mut tokens = Vec::new();
+                let mut own = Vec::new();
+                let mut tops = Vec::new();
+                if self.echo.is_some() {
+                    for (i, &id) in self.prompt.iter().enumerate() {
+                        tokens.push(id);
+                        let lp = i.checked_sub(1).and_then(|j| f.prompt_logprobs.get(j));
+                        own.push(lp.map(|t| json!(t.logprob)).unwrap_or(Value::Null));
+                        tops.push(lp.map(|t| Value::Object(top(t))).unwrap_or(Value::Null));
+                    }
+                }
+                for t in lps {
+                    tokens.push(t.id);
+                    own.push(json!(t.logprob));
+                    tops.push(Value::Object(top(t)));
+                }
                 let mut offset = 0;
                 let mut offsets = Vec::new();
-                for t in lps {
+                for &id in &tokens {
                     offsets.push(offset);
-                    offset += String::from_utf8_lossy(self.tok.piece(t.id, false))
+                    offset += String::from_utf8_lossy(self.tok.piece(id, false))
                         .chars()
                         .count();
                 }
                 json!({
-                    "tokens": lps.iter().map(|t| text(t.id)).collect::<Vec<_>>(),
-                    "token_logprobs": lps.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": lps
-                        .iter()
-                        .map(|t| {
-                            t.top
-                                .iter()
-                                .map(|&(id, lp)| (text(id), json!(lp)))
-                                .collect::<serde_json::Map<_, _>>()
-                        })
-                        .collect::<Vec<_>>(),
+                    "tokens": tokens.iter().map(|&id| text(id)).collect::<Vec<_>>(),
+                    "token_logprobs": own,
+                    "top_logprobs": tops,
                     "text_offset": offsets,
                 })
             }
             Kind::Chat => {
                 let entry = |id: u32, lp: f32| json!({"token": text(id), "logprob": lp, "bytes": self.tok.piece(id, true)});
-                let content: Vec<Value> = lps
+                let content: Vec<Value> = f
+                    .out
+                    .logprobs
                     .iter()
                     .map(|t| {
                         let mut e = entry(t.id, t.logprob);
@@ -631,18 +661,18 @@ async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Res
         match rx.recv().await {
             Some(Event::Text(_)) => {}
             Some(Event::Done(Ok(f))) => {
+                let text = match &meta.echo {
+                    Some(p) => format!("{p}{}", f.out.text),
+                    None => f.out.text.clone(),
+                };
                 let mut body = meta.envelope(
                     false,
-                    meta.choice(
-                        Some(&f.out.text),
-                        Some(finish_reason(f.out.finish_reason)),
-                        false,
-                    ),
+                    meta.choice(Some(&text), Some(finish_reason(f.out.finish_reason)), false),
                 );
                 body["usage"] = usage(&f);
                 body["timings"] = timings(&f);
-                if !f.out.logprobs.is_empty() {
-                    body["choices"][0]["logprobs"] = meta.logprobs(&f.out.logprobs);
+                if f.logprobs {
+                    body["choices"][0]["logprobs"] = meta.logprobs(&f);
                 }
                 return Ok(axum::Json(body).into_response());
             }

@@ -14,6 +14,8 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use verispec::engine::{Engine, Session};
 use verispec::generate::request::{generate, GenOutput, GenRequest};
+use verispec::generate::{token_logprob, TokenLogprob};
+use verispec::model::LogitRows;
 
 use super::metrics::Metrics;
 
@@ -21,6 +23,8 @@ pub struct Job {
     /// The response id, for the log.
     pub id: String,
     pub prompt: Vec<u32>,
+    /// Score the prompt's own tokens too (echo), with this many alternatives each.
+    pub prompt_logprobs: Option<usize>,
     pub req: GenRequest,
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<Event>,
@@ -35,6 +39,10 @@ pub enum Event {
 
 pub struct Finished {
     pub out: GenOutput,
+    /// Whether log-probabilities were asked for.
+    pub logprobs: bool,
+    /// For prompt tokens 1.. (token 0 has none), when `Job::prompt_logprobs` asked.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     pub prompt_tokens: usize,
     /// Prompt tokens reused from the session's cache.
     pub cached: usize,
@@ -82,8 +90,12 @@ pub fn run(engine: &Engine, jobs: Receiver<Job>, metrics: &Metrics) {
     }
 }
 
+/// Prompt rows scored per pass: bounds the logits buffer to this many vocabulary rows.
+const SCORE_ROWS: usize = 64;
+
 fn one(engine: &Engine, session: &mut Session, job: &Job) -> Result<Finished, String> {
     let ids = &job.prompt;
+    let mut prompt_logprobs = Vec::new();
     // Keep the cached prefix, but always compute at least the last prompt token: its logits
     // give the first generated token.
     let common = session
@@ -94,7 +106,28 @@ fn one(engine: &Engine, session: &mut Session, job: &Job) -> Result<Finished, St
         .count()
         .min(ids.len() - 1);
     session.truncate(common);
-    let out = generate(engine, session, &ids[common..], &job.req, |t| {
+    let mut reused = common;
+    if let Some(top) = job.prompt_logprobs {
+        // Scoring the prompt needs the logits of every position, which a cache does not keep:
+        // run it again, a block at a time, all but the last token (generation does that one).
+        session.truncate(0);
+        reused = 0;
+        let v = engine.cfg.n_vocab;
+        let mut pos = 0;
+        while pos + 1 < ids.len() {
+            let end = (pos + SCORE_ROWS).min(ids.len() - 1);
+            let rows = session
+                .forward(&ids[pos..end], LogitRows::All)
+                .map_err(|e| e.to_string())?;
+            for (i, row) in rows.chunks_exact(v).enumerate() {
+                prompt_logprobs.push(token_logprob(row, ids[pos + i + 1], top));
+            }
+            pos = end;
+        }
+    }
+    // The session now holds ids[..start]: the cached prefix, or all but the last token.
+    let start = session.tokens().len();
+    let out = generate(engine, session, &ids[start..], &job.req, |t| {
         if job.events.send(Event::Text(t.to_string())).is_err() {
             // The client is gone: stop after this token.
             job.cancel.store(true, Ordering::Relaxed);
@@ -102,8 +135,10 @@ fn one(engine: &Engine, session: &mut Session, job: &Job) -> Result<Finished, St
     })
     .map_err(|e| e.to_string())?;
     Ok(Finished {
+        logprobs: job.req.logprobs.is_some(),
+        prompt_logprobs,
         out,
         prompt_tokens: ids.len(),
-        cached: common,
+        cached: reused,
     })
 }
