@@ -365,15 +365,14 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
         let r = api::parse_completion(&read_body(body).await?)?;
         let ready = ready(&state, &r.options)?;
         let tok = &ready.engine.tokenizer;
-        let (ids, text) = match r.prompt {
-            Prompt::Text(t) => (tok.encode(&t, true, true), t),
+        let (ids, echo) = match r.prompt {
+            Prompt::Text(t) => (tok.encode(&t, true, true), r.echo.then_some(t)),
             Prompt::Ids(ids) => {
-                let t = tok.decode(&ids);
-                (ids, t)
+                let echo = r.echo.then(|| tok.decode(&ids));
+                (ids, echo)
             }
         };
         let max = r.options.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
-        let echo = r.echo.then_some(text);
         submit(&state, ready, ids, max, r.options, Kind::Completion, echo).await
     };
     result.await.unwrap_or_else(error)
