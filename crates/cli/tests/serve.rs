@@ -303,6 +303,28 @@ fn completions_and_chat_equal_run_whole_and_streamed() {
     };
     let ((with, text), (without, _)) = (lp(true), lp(false));
     assert_eq!(with, without);
+    // Streamed, the per-token chunks join to the same object.
+    let body = json!({"prompt": code, "max_tokens": 64, "ignore_eos": true, "logprobs": 3,
+                      "stream": true});
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        body.to_string().as_bytes(),
+    );
+    let mut joined =
+        json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
+    for e in sse_events(&r.body) {
+        let l = &e["choices"][0]["logprobs"];
+        if l.is_null() {
+            continue;
+        }
+        for k in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            let items = l[k].as_array().unwrap().clone();
+            joined[k].as_array_mut().unwrap().extend(items);
+        }
+    }
+    assert_eq!(joined, with);
     let tokens = with["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), 64);
     for (i, tok) in tokens.iter().enumerate() {
@@ -336,6 +358,23 @@ fn completions_and_chat_equal_run_whole_and_streamed() {
     );
     assert_eq!(code, 200, "{r}");
     let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let body = json!({"messages": msgs, "max_tokens": 8, "logprobs": true, "top_logprobs": 2,
+                      "stream": true});
+    let streamed: Vec<Value> = sse_events(
+        &request(
+            s.addr,
+            "POST",
+            "/v1/chat/completions",
+            body.to_string().as_bytes(),
+        )
+        .body,
+    )
+    .iter()
+    .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())
+    .flatten()
+    .cloned()
+    .collect();
+    assert_eq!(&streamed, content);
     assert_eq!(
         content.len() as u64,
         r["usage"]["completion_tokens"].as_u64().unwrap()

@@ -119,7 +119,6 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     // With echo, max_tokens 0 scores the prompt alone (how evaluation harnesses ask for it).
     let mut options = parse_options(&obj, &["max_tokens"], if echo { 0 } else { 1 })?;
     options.logprobs = logprobs;
-    check_stream_logprobs(&options)?;
     if echo && options.stream {
         return Err(ApiError::bad(
             "'echo' is supported only without \"stream\": true",
@@ -172,7 +171,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     };
     let mut options = parse_options(&obj, &["max_completion_tokens", "max_tokens"], 1)?;
     options.logprobs = logprobs;
-    check_stream_logprobs(&options)?;
     Ok(ChatRequest { messages, options })
 }
 
@@ -186,15 +184,6 @@ fn top_count(key: &str, v: &Value) -> Result<usize, ApiError> {
             "'{key}' must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {v}"
         ))),
     }
-}
-
-fn check_stream_logprobs(o: &Options) -> Result<(), ApiError> {
-    if o.stream && o.logprobs.is_some() {
-        return Err(ApiError::bad(
-            "log-probabilities are returned only without \"stream\": true",
-        ));
-    }
-    Ok(())
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -525,7 +514,6 @@ mod tests {
             (r#"{"prompt":"x","stream_options":{}}"#, "stream_options"),
             (r#"{"prompt":"x","presence_penalty":1}"#, "presence_penalty"),
             (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
-            (r#"{"prompt":"x","logprobs":2,"stream":true}"#, "stream"),
             (r#"{"prompt":"x","echo":true,"stream":true}"#, "echo"),
             (r#"{"prompt":"x","suffix":"y"}"#, "suffix"),
             (r#"{"prompt":"x","logit_bias":{"1":5}}"#, "logit_bias"),

@@ -569,65 +569,84 @@ impl Meta {
 }
 
 impl Meta {
+    /// A token as text (control tokens by name).
+    fn token_text(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.tok.piece(id, true)).into_owned()
+    }
+
+    /// A token's width in the response text (control tokens add none), for `text_offset`.
+    fn text_len(&self, id: u32) -> usize {
+        String::from_utf8_lossy(self.tok.piece(id, false))
+            .chars()
+            .count()
+    }
+
+    /// Completions' `top_logprobs` entry: {token text: logprob}.
+    fn top_map(&self, t: &TokenLogprob) -> Value {
+        Value::Object(
+            t.top
+                .iter()
+                .map(|&(id, lp)| (self.token_text(id), json!(lp)))
+                .collect(),
+        )
+    }
+
+    /// Chat's `logprobs.content` entry for one token.
+    fn chat_entry(&self, t: &TokenLogprob) -> Value {
+        let entry = |id: u32, lp: f32| json!({"token": self.token_text(id), "logprob": lp, "bytes": self.tok.piece(id, true)});
+        let mut e = entry(t.id, t.logprob);
+        e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+        e
+    }
+
+    /// Completions' `logprobs` object for tokens starting at text offset `offset`; a token
+    /// without a value (echo's first prompt token) gets `null`.
+    fn completion_logprobs(&self, toks: &[(u32, Option<&TokenLogprob>)], offset: usize) -> Value {
+        let mut offsets = Vec::new();
+        let mut at = offset;
+        for &(id, _) in toks {
+            offsets.push(at);
+            at += self.text_len(id);
+        }
+        json!({
+            "tokens": toks.iter().map(|&(id, _)| self.token_text(id)).collect::<Vec<_>>(),
+            "token_logprobs": toks.iter().map(|(_, t)| t.map(|t| json!(t.logprob)).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+            "top_logprobs": toks.iter().map(|(_, t)| t.map(|t| self.top_map(t)).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+            "text_offset": offsets,
+        })
+    }
+
     /// The generated tokens' log-probabilities in the endpoint's OpenAI shape; with echo, the
     /// prompt's tokens come first (the first one has none: nothing predicts it).
     fn logprobs(&self, f: &Finished) -> Value {
-        let text = |id: u32| String::from_utf8_lossy(self.tok.piece(id, true)).into_owned();
-        let top = |t: &TokenLogprob| {
-            t.top
-                .iter()
-                .map(|&(id, lp)| (text(id), json!(lp)))
-                .collect::<serde_json::Map<_, _>>()
-        };
-        let lps = &f.out.logprobs;
         match self.kind {
             Kind::Completion => {
-                let mut tokens = Vec::new();
-                let mut own = Vec::new();
-                let mut tops = Vec::new();
+                let mut toks: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
                 if self.echo.is_some() {
                     for (i, &id) in self.prompt.iter().enumerate() {
-                        tokens.push(id);
-                        let lp = i.checked_sub(1).and_then(|j| f.prompt_logprobs.get(j));
-                        own.push(lp.map(|t| json!(t.logprob)).unwrap_or(Value::Null));
-                        tops.push(lp.map(|t| Value::Object(top(t))).unwrap_or(Value::Null));
+                        toks.push((id, i.checked_sub(1).and_then(|j| f.prompt_logprobs.get(j))));
                     }
                 }
-                for t in lps {
-                    tokens.push(t.id);
-                    own.push(json!(t.logprob));
-                    tops.push(Value::Object(top(t)));
-                }
-                let mut offset = 0;
-                let mut offsets = Vec::new();
-                for &id in &tokens {
-                    offsets.push(offset);
-                    offset += String::from_utf8_lossy(self.tok.piece(id, false))
-                        .chars()
-                        .count();
-                }
-                json!({
-                    "tokens": tokens.iter().map(|&id| text(id)).collect::<Vec<_>>(),
-                    "token_logprobs": own,
-                    "top_logprobs": tops,
-                    "text_offset": offsets,
-                })
+                toks.extend(f.out.logprobs.iter().map(|t| (t.id, Some(t))));
+                self.completion_logprobs(&toks, 0)
             }
             Kind::Chat => {
-                let entry = |id: u32, lp: f32| json!({"token": text(id), "logprob": lp, "bytes": self.tok.piece(id, true)});
-                let content: Vec<Value> = f
-                    .out
-                    .logprobs
-                    .iter()
-                    .map(|t| {
-                        let mut e = entry(t.id, t.logprob);
-                        e["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
-                        e
-                    })
-                    .collect();
+                let content: Vec<Value> =
+                    f.out.logprobs.iter().map(|t| self.chat_entry(t)).collect();
                 json!({"content": content})
             }
         }
+    }
+
+    /// One streamed token's log-probabilities as a chunk (no text of its own: the text
+    /// follows in text chunks, which may lag behind a token).
+    fn logprob_chunk(&self, t: &TokenLogprob, offset: usize) -> Value {
+        let mut c = self.envelope(true, self.choice(None, None, true));
+        c["choices"][0]["logprobs"] = match self.kind {
+            Kind::Completion => self.completion_logprobs(&[(t.id, Some(t))], offset),
+            Kind::Chat => json!({"content": [self.chat_entry(t)]}),
+        };
+        c
     }
 }
 
@@ -658,7 +677,7 @@ fn timings(f: &Finished) -> Value {
 async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
     loop {
         match rx.recv().await {
-            Some(Event::Text(_)) => {}
+            Some(Event::Text(_)) | Some(Event::Token(_)) => {}
             Some(Event::Done(Ok(f))) => {
                 let text = match &meta.echo {
                     Some(p) => format!("{p}{}", f.out.text),
@@ -702,9 +721,15 @@ fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: boo
                 return;
             }
         }
+        let mut offset = 0;
         while let Some(ev) = rx.recv().await {
             let v = match ev {
                 Event::Text(t) => meta.envelope(true, meta.choice(Some(&t), None, true)),
+                Event::Token(t) => {
+                    let c = meta.logprob_chunk(&t, offset);
+                    offset += meta.text_len(t.id);
+                    c
+                }
                 Event::Done(Ok(f)) => {
                     let reason = finish_reason(f.out.finish_reason);
                     let mut last = meta.envelope(true, meta.choice(None, Some(reason), true));

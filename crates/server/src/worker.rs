@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 use verispec::engine::{Engine, Session};
-use verispec::generate::request::{generate, GenOutput, GenRequest};
+use verispec::generate::request::{generate_with, GenEvent, GenOutput, GenRequest};
 use verispec::generate::{token_logprob, TokenLogprob};
 use verispec::model::LogitRows;
 
@@ -34,6 +34,8 @@ pub struct Job {
 pub enum Event {
     /// Text that can be shown now (whole characters, never a possible stop-string prefix).
     Text(String),
+    /// A generated token's log-probabilities (when asked for), before its text.
+    Token(TokenLogprob),
     Done(Result<Finished, String>),
 }
 
@@ -127,8 +129,12 @@ fn one(engine: &Engine, session: &mut Session, job: &Job) -> Result<Finished, St
     }
     // The session now holds ids[..start]: the cached prefix, or all but the last token.
     let start = session.tokens().len();
-    let out = generate(engine, session, &ids[start..], &job.req, |t| {
-        if job.events.send(Event::Text(t.to_string())).is_err() {
+    let out = generate_with(engine, session, &ids[start..], &job.req, |e| {
+        let ev = match e {
+            GenEvent::Text(t) => Event::Text(t.to_string()),
+            GenEvent::Token(t) => Event::Token(t.clone()),
+        };
+        if job.events.send(ev).is_err() {
             // The client is gone: stop after this token.
             job.cancel.store(true, Ordering::Relaxed);
         }

@@ -88,12 +88,37 @@ impl GenOutput {
     }
 }
 
+/// What `generate_with` reports while it runs.
+pub enum GenEvent<'a> {
+    /// Text that can be shown now (whole characters, never a possible stop-string prefix).
+    Text(&'a str),
+    /// A generated token's log-probabilities (only when `GenRequest::logprobs` asks). It comes
+    /// before any text of that token.
+    Token(&'a TokenLogprob),
+}
+
+/// Run one request, streaming its text through `on_text`.
 pub fn generate(
     engine: &Engine,
     session: &mut Session,
     prompt: &[u32],
     req: &GenRequest,
     mut on_text: impl FnMut(&str),
+) -> Result<GenOutput, EngineError> {
+    generate_with(engine, session, prompt, req, |e| {
+        if let GenEvent::Text(t) = e {
+            on_text(t)
+        }
+    })
+}
+
+/// `generate`, also reporting each token's log-probabilities as they are computed.
+pub fn generate_with(
+    engine: &Engine,
+    session: &mut Session,
+    prompt: &[u32],
+    req: &GenRequest,
+    mut on_event: impl FnMut(GenEvent),
 ) -> Result<GenOutput, EngineError> {
     let tok = &engine.tokenizer;
     let mut stream = TextStream::new(
@@ -108,14 +133,16 @@ pub fn generate(
     let mut on_token = |id: u32, row: &[f32]| {
         ids.push(id);
         if let Some(top) = req.logprobs {
-            logprobs.push(token_logprob(row, id, top));
+            let lp = token_logprob(row, id, top);
+            on_event(GenEvent::Token(&lp));
+            logprobs.push(lp);
         }
         if tok.is_eog(id) && !req.ignore_eos {
             hit_eos = true;
         }
         let (text, flow) = stream.push(id, tok.piece(id, false));
         if !text.is_empty() {
-            on_text(&text);
+            on_event(GenEvent::Text(&text));
         }
         if flow == Flow::Continue
             && req
@@ -165,7 +192,7 @@ pub fn generate(
     let stopped_by_string = stream.stopped() && !hit_eos;
     let rest = stream.finish();
     if !rest.is_empty() {
-        on_text(&rest);
+        on_event(GenEvent::Text(&rest));
     }
     let finish_reason = if hit_eos {
         "eos"
