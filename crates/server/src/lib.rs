@@ -1,7 +1,9 @@
 //! `verispec serve`: an OpenAI-compatible HTTP server over one engine.
 //!
-//! - `POST /v1/completions` and `POST /v1/chat/completions`, with SSE streaming;
-//! - `GET /v1/models`, `GET /health` (200 once the model is loaded), `GET /metrics`.
+//! - `POST /v1/completions` and `POST /v1/chat/completions`, with SSE streaming, exact
+//!   log-probabilities and (completions) echo with prompt scoring;
+//! - `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, `GET /health` (200 once the model
+//!   is loaded), `GET /metrics`. docs/SERVER.md has the details.
 //!
 //! The socket is bound before the model loads, so `/health` can say "loading". Generation runs
 //! on one engine thread (the CPU backend already uses every core) fed by a bounded queue: a full
