@@ -422,16 +422,21 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> Response 
         let body = read_body(body).await?;
         let ids = api::parse_detokenize(&body)?;
         let ready = ready(&state, &Options::default())?;
-        let n_vocab = ready.engine.cfg.n_vocab;
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
-            return Err(ApiError::bad(format!(
-                "token id {bad} is out of range (the vocabulary has {n_vocab} tokens)"
-            )));
-        }
+        check_ids(&ids, ready.engine.cfg.n_vocab)?;
         let content = ready.engine.tokenizer.decode(&ids);
         Ok(axum::Json(json!({"content": content})).into_response())
     };
     result.await.unwrap_or_else(error)
+}
+
+/// Token ids from a request must index the vocabulary.
+fn check_ids(ids: &[u32], n_vocab: usize) -> Result<(), ApiError> {
+    match ids.iter().find(|&&id| id as usize >= n_vocab) {
+        Some(bad) => Err(ApiError::bad(format!(
+            "token id {bad} is out of range (the vocabulary has {n_vocab} tokens)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -455,12 +460,7 @@ async fn submit(
     if ids.is_empty() {
         return Err(ApiError::bad("the prompt is empty"));
     }
-    let n_vocab = engine.cfg.n_vocab;
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
-        return Err(ApiError::bad(format!(
-            "token id {bad} is out of range (the vocabulary has {n_vocab} tokens)"
-        )));
-    }
+    check_ids(&ids, engine.cfg.n_vocab)?;
     if ids.len() > engine.n_ctx {
         return Err(ApiError::bad(format!(
             "the prompt has {} tokens but the context holds {} (start the server with a larger --ctx)",
@@ -487,14 +487,21 @@ async fn submit(
         model: state.model_id.clone(),
         kind,
         tok: engine.tokenizer.clone(),
-        prompt: ids.clone(),
-        echo: echo.clone(),
+        logprobs: opts.logprobs.is_some(),
+        echo: echo.map(|text| Echo {
+            text,
+            ids: ids.clone(),
+        }),
     };
     let (events, rx) = mpsc::unbounded_channel();
     let job = Job {
         id: meta.id.clone(),
         prompt: ids,
-        prompt_logprobs: if echo.is_some() { opts.logprobs } else { None },
+        prompt_logprobs: if meta.echo.is_some() {
+            opts.logprobs
+        } else {
+            None
+        },
         req,
         cancel,
         events,
@@ -523,9 +530,15 @@ struct Meta {
     model: String,
     kind: Kind,
     tok: Arc<Tokenizer>,
-    prompt: Vec<u32>,
-    /// The prompt's text when the request asked for echo.
-    echo: Option<String>,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    /// The prompt, when the request asked for echo.
+    echo: Option<Echo>,
+}
+
+struct Echo {
+    text: String,
+    ids: Vec<u32>,
 }
 
 impl Meta {
@@ -624,8 +637,8 @@ impl Meta {
         match self.kind {
             Kind::Completion => {
                 let mut toks: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
-                if self.echo.is_some() {
-                    for (i, &id) in self.prompt.iter().enumerate() {
+                if let Some(echo) = &self.echo {
+                    for (i, &id) in echo.ids.iter().enumerate() {
                         toks.push((id, i.checked_sub(1).and_then(|j| f.prompt_logprobs.get(j))));
                     }
                 }
@@ -682,7 +695,7 @@ async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Res
             Some(Event::Text(_)) | Some(Event::Token(_)) => {}
             Some(Event::Done(Ok(f))) => {
                 let text = match &meta.echo {
-                    Some(p) => format!("{p}{}", f.out.text),
+                    Some(p) => format!("{}{}", p.text, f.out.text),
                     None => f.out.text.clone(),
                 };
                 let mut body = meta.envelope(
@@ -691,24 +704,14 @@ async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Res
                 );
                 body["usage"] = usage(&f);
                 body["timings"] = timings(&f);
-                if f.logprobs {
+                if meta.logprobs {
                     body["choices"][0]["logprobs"] = meta.logprobs(&f);
                 }
                 return Ok(axum::Json(body).into_response());
             }
-            Some(Event::Done(Err(e))) => return Err(generation_error(e)),
+            Some(Event::Done(Err(e))) => return Err(e),
             None => return Err(ApiError::internal("the engine thread has stopped")),
         }
-    }
-}
-
-/// Errors from the engine: bad input (a context that filled up, an id out of range) is the
-/// client's; a panic is ours.
-fn generation_error(e: String) -> ApiError {
-    if e.starts_with("internal error") {
-        ApiError::internal(e)
-    } else {
-        ApiError::bad(e)
     }
 }
 
@@ -749,7 +752,7 @@ fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: boo
                     break;
                 }
                 Event::Done(Err(e)) => {
-                    let _ = tx.send(frame(&generation_error(e).body())).await;
+                    let _ = tx.send(frame(&e.body())).await;
                     break;
                 }
             };

@@ -17,6 +17,7 @@ use verispec::generate::request::{generate_with, GenEvent, GenOutput, GenRequest
 use verispec::generate::{token_logprob, TokenLogprob};
 use verispec::model::LogitRows;
 
+use super::api::ApiError;
 use super::metrics::Metrics;
 
 pub struct Job {
@@ -36,13 +37,11 @@ pub enum Event {
     Text(String),
     /// A generated token's log-probabilities (when asked for), before its text.
     Token(TokenLogprob),
-    Done(Result<Finished, String>),
+    Done(Result<Finished, ApiError>),
 }
 
 pub struct Finished {
     pub out: GenOutput,
-    /// Whether log-probabilities were asked for.
-    pub logprobs: bool,
     /// For prompt tokens 1.. (token 0 has none), when `Job::prompt_logprobs` asked.
     pub prompt_logprobs: Vec<TokenLogprob>,
     pub prompt_tokens: usize,
@@ -77,14 +76,17 @@ pub fn run(engine: &Engine, jobs: Receiver<Job>, metrics: &Metrics) {
                 Ok(f)
             }
             Ok(Err(e)) => {
+                // Bad input the checks before queueing cannot see (a context that fills up).
                 eprintln!("verispec serve: {}: failed: {e}", job.id);
                 session.reset();
-                Err(e)
+                Err(ApiError::bad(e))
             }
             Err(_) => {
                 // A bug, not bad input: start from a clean session and keep serving.
                 session = engine.new_session();
-                Err("internal error: generation panicked (see the server log)".to_string())
+                Err(ApiError::internal(
+                    "generation panicked (see the server log)",
+                ))
             }
         };
         metrics.running.store(0, Ordering::Relaxed);
@@ -141,7 +143,6 @@ fn one(engine: &Engine, session: &mut Session, job: &Job) -> Result<Finished, St
     })
     .map_err(|e| e.to_string())?;
     Ok(Finished {
-        logprobs: job.req.logprobs.is_some(),
         prompt_logprobs,
         out,
         prompt_tokens: ids.len(),
