@@ -532,7 +532,7 @@ fn metric(s: &Server, name: &str) -> f64 {
 
 #[test]
 fn a_full_queue_gives_503_and_a_gone_client_frees_the_engine() {
-    let s = start(&["--queue", "1"]);
+    let s = start(&["--queue", "1", "--parallel", "1"]);
     // A: a long streamed generation; wait for its first token so it is surely running.
     let mut a = TcpStream::connect(s.addr).unwrap();
     let body = json!({"prompt": "Once upon a time", "max_tokens": 100000, "ignore_eos": true,
@@ -596,6 +596,54 @@ fn a_full_queue_gives_503_and_a_gone_client_frees_the_engine() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(metric(&s, "verispec_queue_depth"), 0.0);
+}
+
+#[test]
+fn parallel_requests_share_passes_and_keep_their_text() {
+    let prompts = [
+        "Once upon a time",
+        "def fibonacci(n):",
+        "The capital of France is",
+        "List of prime numbers: 2, 3, 5,",
+    ];
+    let want: Vec<String> = prompts.iter().map(|p| run_text(p, 48, false)).collect();
+    let s = start(&["--parallel", "4"]);
+    let addr = s.addr;
+    // All at once, two streamed, one without speculation.
+    let clients: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let body = json!({"prompt": p, "max_tokens": 48, "stream": i % 2 == 1,
+                              "speculative": i != 2});
+            std::thread::spawn(move || {
+                let r = request(addr, "POST", "/v1/completions", body.to_string().as_bytes());
+                assert_eq!(r.status, 200, "{}", r.body);
+                if i % 2 == 1 {
+                    sse_events(&r.body)
+                        .iter()
+                        .map(|e| e["choices"][0]["text"].as_str().unwrap_or("").to_string())
+                        .collect::<String>()
+                } else {
+                    let v: Value = serde_json::from_str(&r.body).unwrap();
+                    v["choices"][0]["text"].as_str().unwrap().to_string()
+                }
+            })
+        })
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_eq!(c.join().unwrap(), want[i], "prompt {:?}", prompts[i]);
+    }
+    // Some pass held rows of more than one request.
+    let passes = metric(&s, "verispec_batch_passes_total");
+    let seqs = metric(&s, "verispec_batch_sequences_total");
+    assert!(passes > 0.0 && seqs > passes, "passes {passes}, sequences {seqs}");
+    // A follow-up that extends one of them reuses that slot's cache.
+    let follow = format!("{}{}", prompts[1], want[1]);
+    let (code, r) = post(&s, "/v1/completions", &json!({"prompt": follow, "max_tokens": 8}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], run_text(&follow, 8, false));
+    assert!(metric(&s, "verispec_prompt_tokens_cached_total") > 5.0);
 }
 
 #[test]

@@ -173,6 +173,7 @@ fn main() {
                         for l in 0..n_layer {
                             b.attention(
                                 &q,
+                                0,
                                 &ks[l],
                                 &vs[l],
                                 sh.n_head,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::backend::{ComputePath, OpCounts};
+use crate::batch;
 use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::rope::{RopeSet, RopeTable};
@@ -52,7 +53,12 @@ pub fn default_threads() -> usize {
 pub trait ShardFactory: Send + Sync {
     fn spec(&self) -> &ShardSpec;
     fn device(&self) -> String;
-    fn new_runner(&self, n_ctx: usize) -> Box<dyn ShardRunner>;
+    /// A runner with one KV slot.
+    fn new_runner(&self, n_ctx: usize) -> Box<dyn ShardRunner> {
+        self.new_runner_slots(n_ctx, 1)
+    }
+    /// A runner with `n_slots` KV slots, for sequences that share passes.
+    fn new_runner_slots(&self, n_ctx: usize, n_slots: usize) -> Box<dyn ShardRunner>;
 }
 
 struct Factory<B: Backend> {
@@ -68,12 +74,13 @@ impl<B: Backend> ShardFactory for Factory<B> {
     fn device(&self) -> String {
         self.backend.device_name()
     }
-    fn new_runner(&self, n_ctx: usize) -> Box<dyn ShardRunner> {
+    fn new_runner_slots(&self, n_ctx: usize, n_slots: usize) -> Box<dyn ShardRunner> {
         Box::new(Shard::new(
             self.backend.clone(),
             self.cfg.clone(),
             self.weights.clone(),
             n_ctx,
+            n_slots,
         ))
     }
 }
@@ -265,19 +272,63 @@ impl Engine {
     }
 
     pub fn new_session(&self) -> Session {
+        let shards = self
+            .shards
+            .iter()
+            .map(|f| f.new_runner(self.n_ctx))
+            .collect();
+        self.session(Exec::Local(shards))
+    }
+
+    /// `n` sessions whose passes are merged: each holds one KV slot of shards that a batch
+    /// thread drives, and forward calls made at the same time from different threads run as
+    /// one pass (see `batch`). Every session's logits have the same bits as a
+    /// `new_session()`'s would: the kernels are batch-invariant and attention reads only the
+    /// row's own slot.
+    pub fn batched_sessions(&self, n: usize) -> Result<Vec<Session>, EngineError> {
+        if !(1..=batch::MAX_SLOTS).contains(&n) {
+            return Err(EngineError::BadInput(format!(
+                "the number of parallel sequences must be 1..={}, not {n}",
+                batch::MAX_SLOTS
+            )));
+        }
+        let runners = self
+            .shards
+            .iter()
+            .map(|f| f.new_runner_slots(self.n_ctx, n))
+            .collect();
+        let shared = batch::spawn(runners, self.rope.clone(), self.cfg.n_vocab)?;
+        Ok((0..n)
+            .map(|slot| {
+                self.session(Exec::Batched {
+                    slot,
+                    batch: shared.clone(),
+                })
+            })
+            .collect())
+    }
+
+    fn session(&self, exec: Exec) -> Session {
         Session {
             cfg: self.cfg.clone(),
             rope: self.rope.clone(),
-            shards: self
-                .shards
-                .iter()
-                .map(|f| f.new_runner(self.n_ctx))
-                .collect(),
+            exec,
             tokens: Vec::new(),
             set: RopeSet::Short,
             n_ctx: self.n_ctx,
         }
     }
+}
+
+/// Where a session's passes run.
+enum Exec {
+    /// Its own shard runners (slot 0 of each).
+    Local(Vec<Box<dyn ShardRunner>>),
+    /// Slot `slot` of runners that a batch thread shares between sessions.
+    Batched {
+        slot: usize,
+        batch: Arc<batch::Shared>,
+    },
 }
 
 fn check_vocab(tok: &Tokenizer, cfg: &ModelConfig) -> Result<(), EngineError> {
@@ -307,7 +358,7 @@ fn resolve_ctx(cfg: &ModelConfig, requested: Option<usize>) -> Result<usize, Eng
 pub struct Session {
     pub cfg: Arc<ModelConfig>,
     rope: Arc<RopeTable>,
-    shards: Vec<Box<dyn ShardRunner>>,
+    exec: Exec,
     tokens: Vec<u32>,
     /// The LongRoPE factor set the cached K rows were rotated with.
     set: RopeSet,
@@ -327,11 +378,26 @@ impl Session {
         &self.rope
     }
 
-    /// Roll every shard back to the first `len` tokens.
+    /// Roll every shard back to the first `len` tokens. (A batched session's slot is rolled
+    /// back by its next pass, which starts at `len`.)
     pub fn truncate(&mut self, len: usize) {
         self.tokens.truncate(len);
-        for s in &mut self.shards {
-            s.truncate(len);
+        if let Exec::Local(shards) = &mut self.exec {
+            for s in shards {
+                s.truncate(0, len);
+            }
+        }
+    }
+
+    /// Mark the session as generating until the guard drops: a batched session's batch
+    /// thread then waits for its next pass before running the others' (up to a few
+    /// milliseconds), so that sequences decoding together share passes.
+    pub fn busy(&self) -> Busy {
+        Busy {
+            _guard: match &self.exec {
+                Exec::Batched { slot, batch } => Some(batch.enter(*slot)),
+                Exec::Local(_) => None,
+            },
         }
     }
 
@@ -368,9 +434,7 @@ impl Session {
             let mut all = std::mem::take(&mut self.tokens);
             let n_old = all.len();
             all.extend_from_slice(ids);
-            for s in &mut self.shards {
-                s.truncate(0);
-            }
+            self.truncate(0);
             self.set = need;
             let logits = self.run(
                 &all,
@@ -396,9 +460,15 @@ impl Session {
     }
 
     fn run(&mut self, ids: &[u32], pos0: usize, rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        let shards = match &mut self.exec {
+            Exec::Local(shards) => shards,
+            Exec::Batched { slot, batch } => {
+                return batch.run(*slot, ids.to_vec(), pos0, self.set, rows)
+            }
+        };
         let mut act = Activations::Tokens(ids.to_vec());
-        let n = self.shards.len();
-        for (i, shard) in self.shards.iter_mut().enumerate() {
+        let n = shards.len();
+        for (i, shard) in shards.iter_mut().enumerate() {
             match shard.forward(&act, pos0, self.set, &self.rope, rows)? {
                 ShardOutput::Hidden(h) => act = Activations::Hidden(h),
                 ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
@@ -412,29 +482,53 @@ impl Session {
         Err(EngineError::Model("the last shard holds no LM head".into()))
     }
 
+    /// What the batch thread behind a batched session has run; None for a session of its own.
+    pub fn batch_stats(&self) -> Option<batch::BatchStats> {
+        match &self.exec {
+            Exec::Batched { batch, .. } => Some(batch.stats()),
+            Exec::Local(_) => None,
+        }
+    }
+
+    /// The shards this session owns; none for a batched session, whose shards belong to its
+    /// batch thread.
+    fn local(&self) -> &[Box<dyn ShardRunner>] {
+        match &self.exec {
+            Exec::Local(shards) => shards,
+            Exec::Batched { .. } => &[],
+        }
+    }
+
     /// The bits of every valid KV row of every shard (tests of batch invariance).
     pub fn kv_bits(&self) -> Vec<u32> {
-        self.shards.iter().flat_map(|s| s.kv_bits()).collect()
+        self.local().iter().flat_map(|s| s.kv_bits()).collect()
     }
 
     /// Per-shard timing since the last reset.
     pub fn timings(&self) -> Vec<crate::model::ShardTiming> {
-        self.shards.iter().map(|s| s.timing()).collect()
+        self.local().iter().map(|s| s.timing()).collect()
     }
 
     pub fn reset_timings(&mut self) {
-        for s in &mut self.shards {
-            s.reset_timing();
+        if let Exec::Local(shards) = &mut self.exec {
+            for s in shards {
+                s.reset_timing();
+            }
         }
     }
 
     /// Op counts per shard since the last reset: (device, counts).
     pub fn op_counts(&self) -> Vec<(String, OpCounts)> {
-        self.shards
+        self.local()
             .iter()
             .map(|s| (s.device(), s.op_counts()))
             .collect()
     }
+}
+
+/// See [`Session::busy`].
+pub struct Busy {
+    _guard: Option<batch::BusyGuard>,
 }
 
 /// Index of the largest value; ties go to the lowest index. NaN is never chosen over a number.

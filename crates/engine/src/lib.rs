@@ -12,6 +12,7 @@
 //! - `engine`: loading, sessions (KV state + tokens), LongRoPE re-encoding
 
 pub mod backend;
+pub mod batch;
 pub mod bench;
 pub mod chat;
 pub mod engine;

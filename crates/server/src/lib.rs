@@ -5,11 +5,12 @@
 //! - `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, `GET /health` (200 once the model
 //!   is loaded), `GET /metrics`. docs/SERVER.md has the details.
 //!
-//! The socket is bound before the model loads, so `/health` can say "loading". Generation runs
-//! on one engine thread (the CPU backend already uses every core) fed by a bounded queue: a full
-//! queue answers 503 with Retry-After, and the request is not kept. Decoding is greedy with
-//! exact n-gram speculation on, so a request's text equals `verispec run`'s for the same
-//! prompt. A client that disconnects stops its generation after the current token.
+//! The socket is bound before the model loads, so `/health` can say "loading". Requests wait
+//! in a bounded queue (a full queue answers 503 with Retry-After, and the request is not kept)
+//! for one of `--parallel` slots; requests on different slots run at the same time and share
+//! passes (see worker.rs). Decoding is greedy with exact n-gram speculation on, so a request's
+//! text equals `verispec run`'s for the same prompt, whatever runs beside it. A client that
+//! disconnects stops its generation after the current token.
 //! Every error is `{"error": {"message", "type", "code"}}`.
 
 pub mod api;
@@ -60,8 +61,10 @@ pub struct ServeOptions {
     pub load: Loader,
     pub host: String,
     pub port: u16,
-    /// Requests that may wait while one runs; more get 503.
+    /// Requests that may wait while the slots are busy; more get 503.
     pub queue: usize,
+    /// Requests generated at once, sharing passes (KV slots).
+    pub parallel: usize,
     /// Required as `Authorization: Bearer KEY` on every route but /health and /metrics.
     pub api_key: Option<String>,
 }
@@ -114,6 +117,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
     {
         let state = state.clone();
         let load = opts.load;
+        let parallel = opts.parallel;
         std::thread::Builder::new()
             .name("verispec-engine".into())
             .spawn(move || match load() {
@@ -127,7 +131,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
                     });
                     eprintln!("verispec serve: model {} loaded", state.model_id);
                     drop(state);
-                    worker::run(&engine, queue, &metrics);
+                    worker::run(&engine, queue, &metrics, parallel);
                 }
                 Err(e) => {
                     let _ = load_failed.send(e);
@@ -136,8 +140,8 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
     }
     eprintln!(
-        "verispec serve: listening on http://{addr} (model {}, queue {})",
-        state.model_id, opts.queue
+        "verispec serve: listening on http://{addr} (model {}, {} parallel, queue {})",
+        state.model_id, opts.parallel, opts.queue
     );
     let app = router(state);
     let shutdown = async move {

@@ -5,13 +5,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use verispec::batch::BatchStats;
 use verispec::generate::request::GenOutput;
 
 #[derive(Default)]
 pub struct Metrics {
     /// Requests waiting in the queue.
     pub queued: AtomicUsize,
-    /// Requests being generated (0 or 1: one engine thread).
+    /// Requests being generated (at most --parallel).
     pub running: AtomicUsize,
     sums: Mutex<Sums>,
 }
@@ -31,6 +32,7 @@ struct Sums {
     accepted: u64,
     verify_passes: u64,
     skipped: u64,
+    batch: BatchStats,
 }
 
 impl Metrics {
@@ -57,6 +59,11 @@ impl Metrics {
             s.accepted += sp.accepted as u64;
             s.verify_passes += sp.verify_passes as u64;
         }
+    }
+
+    /// The batch thread's counters, as of the last finished request.
+    pub fn batch(&self, b: BatchStats) {
+        self.sums().batch = b;
     }
 
     /// A queued request whose client left before it started.
@@ -160,6 +167,21 @@ impl Metrics {
                 "spec_verify_passes_total",
                 "Verify passes of speculative decoding.",
                 s.verify_passes,
+            ),
+            (
+                "batch_passes_total",
+                "Passes the batch thread ran (with --parallel above 1).",
+                s.batch.passes,
+            ),
+            (
+                "batch_rows_total",
+                "Token rows over those passes.",
+                s.batch.rows,
+            ),
+            (
+                "batch_sequences_total",
+                "Sequences over those passes (a pass with rows of 3 requests counts 3).",
+                s.batch.seqs,
             ),
         ] {
             metric(name, "counter", help, one(v.to_string()));

@@ -1,14 +1,19 @@
-//! The engine thread: takes requests from the bounded queue one at a time and generates.
+//! The engine side: a dispatcher takes requests from the bounded queue and hands each to one of
+//! `parallel` slot workers. Each worker generates on its own session; with more than one
+//! slot, the sessions share one batch thread (`verispec::batch`), so requests that run at the
+//! same time share passes: one pass reads the weights once for a row of every sequence. The
+//! text does not change: every kernel is batch-invariant, so a request's tokens and logits are
+//! the same bits whatever else runs beside it.
 //!
-//! One session is kept between requests. A request that begins with tokens the session already
-//! holds (the same system prompt, or a conversation that grew by one turn) reuses them and only
-//! computes the rest. This is exact: every kernel is batch-invariant, so a KV row does not
-//! depend on how the prompt was split into passes, and the output equals a fresh session's.
+//! Each slot keeps its session between requests. A request that begins with tokens a slot
+//! already holds (the same system prompt, or a conversation that grew by one turn) goes to the
+//! idle slot with the longest such prefix, reuses it, and only computes the rest. This is exact
+//! for the same reason: a KV row does not depend on how the prompt was split into passes.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -49,23 +54,134 @@ pub struct Finished {
     pub cached: usize,
 }
 
-/// Serve jobs until every sender is gone.
-pub fn run(engine: &Engine, jobs: Receiver<Job>, metrics: &Metrics) {
-    let mut session = engine.new_session();
-    for job in jobs {
+/// What the dispatcher knows of a slot.
+struct Slot {
+    idle: bool,
+    /// The tokens its session holds (after its last request).
+    tokens: Vec<u32>,
+    /// When it was last given a request (dispatch count), for least-recently-used ties.
+    used: u64,
+}
+
+struct Slots {
+    state: Mutex<Vec<Slot>>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        // Slot records stay consistent under a panic elsewhere: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serve jobs on `parallel` slots until every sender is gone.
+pub fn run(engine: &Arc<Engine>, jobs: Receiver<Job>, metrics: &Arc<Metrics>, parallel: usize) {
+    let sessions = if parallel == 1 {
+        vec![engine.new_session()]
+    } else {
+        match engine.batched_sessions(parallel) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("verispec serve: {e}");
+                return;
+            }
+        }
+    };
+    let slots = Arc::new(Slots {
+        state: Mutex::new(
+            (0..parallel)
+                .map(|_| Slot {
+                    idle: true,
+                    tokens: Vec::new(),
+                    used: 0,
+                })
+                .collect(),
+        ),
+        freed: Condvar::new(),
+    });
+    let mut inboxes = Vec::new();
+    let mut workers = Vec::new();
+    for (i, session) in sessions.into_iter().enumerate() {
+        let (tx, rx) = sync_channel::<Job>(1);
+        inboxes.push(tx);
+        let (engine, metrics, slots) = (engine.clone(), metrics.clone(), slots.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("verispec-slot-{i}"))
+            .spawn(move || work(&engine, session, i, rx, &metrics, &slots));
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(e) => {
+                eprintln!("verispec serve: cannot start slot worker {i}: {e}");
+                return;
+            }
+        }
+    }
+    let mut dispatched = 0u64;
+    loop {
+        // Take a job only once a slot is free, so the queue alone holds waiting requests (its
+        // bound is what --queue says, and its depth is what /metrics reports).
+        let mut state = slots.lock();
+        while !state.iter().any(|s| s.idle) {
+            state = slots.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(state);
+        let Ok(job) = jobs.recv() else { break };
         metrics.queued.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
             metrics.skipped();
             continue;
         }
-        metrics.running.store(1, Ordering::Relaxed);
+        let mut state = slots.lock();
+        // The idle slot holding the longest prefix of the prompt; then the least recently used.
+        let best = (0..state.len())
+            .filter(|&i| state[i].idle)
+            .max_by_key(|&i| {
+                (
+                    common_prefix(&state[i].tokens, &job.prompt),
+                    u64::MAX - state[i].used,
+                )
+            })
+            .expect("an idle slot");
+        dispatched += 1;
+        state[best].idle = false;
+        state[best].used = dispatched;
+        drop(state);
+        metrics.running.fetch_add(1, Ordering::Relaxed);
+        if inboxes[best].send(job).is_err() {
+            eprintln!("verispec serve: slot worker {best} has stopped");
+            metrics.running.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    drop(inboxes);
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// One slot: generate each job it is given on `session`.
+fn work(
+    engine: &Engine,
+    mut session: Session,
+    slot: usize,
+    jobs: Receiver<Job>,
+    metrics: &Metrics,
+    slots: &Slots,
+) {
+    for job in jobs {
         let wait_s = job.queued_at.elapsed().as_secs_f64();
+        let busy = session.busy();
         let result = catch_unwind(AssertUnwindSafe(|| one(engine, &mut session, &job)));
+        drop(busy);
         let done = match result {
             Ok(Ok(f)) => {
                 metrics.generated(&f.out, f.prompt_tokens, f.cached, wait_s);
                 eprintln!(
-                    "verispec serve: {}: {} prompt tokens ({} cached), {} generated at {:.1} tok/s, {}",
+                    "verispec serve: {} (slot {slot}): {} prompt tokens ({} cached), {} generated at {:.1} tok/s, {}",
                     job.id,
                     f.prompt_tokens,
                     f.cached,
@@ -82,15 +198,23 @@ pub fn run(engine: &Engine, jobs: Receiver<Job>, metrics: &Metrics) {
                 Err(ApiError::bad(e))
             }
             Err(_) => {
-                // A bug, not bad input: start from a clean session and keep serving.
-                session = engine.new_session();
+                // A bug, not bad input: forget what the slot held and keep serving.
+                session.reset();
                 Err(ApiError::internal(
                     "generation panicked (see the server log)",
                 ))
             }
         };
-        metrics.running.store(0, Ordering::Relaxed);
+        if let Some(b) = session.batch_stats() {
+            metrics.batch(b);
+        }
+        metrics.running.fetch_sub(1, Ordering::Relaxed);
         let _ = job.events.send(Event::Done(done));
+        let mut state = slots.lock();
+        state[slot].tokens = session.tokens().to_vec();
+        state[slot].idle = true;
+        drop(state);
+        slots.freed.notify_one();
     }
 }
 

@@ -15,9 +15,14 @@ pub struct Args {
     /// Port to listen on (0: any free port; the log line says which).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Requests that may wait while one is generated; more get 503 with Retry-After.
+    /// Requests that may wait while every slot is busy; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Requests generated at once (KV slots). They share passes, so N clients decode at
+    /// close to one client's step time each; the text of each is unchanged. Each slot may
+    /// use up to a KV cache of --ctx rows.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// Require `Authorization: Bearer KEY` (every route but /health and /metrics).
     #[arg(long, env = "VERISPEC_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -41,6 +46,7 @@ pub fn run(a: Args) -> CliResult {
         host: a.host,
         port: a.port,
         queue: a.queue,
+        parallel: a.parallel as usize,
         api_key: a.api_key.filter(|k| !k.is_empty()),
     })
     .map_err(fail)

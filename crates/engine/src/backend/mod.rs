@@ -97,33 +97,41 @@ pub trait Backend: Send + Sync + Sized + 'static {
         n_rows: usize,
         dst: &mut Self::Buf,
     );
-    /// Rotate every head of x [n_rows, n_heads*head_dim]; row t is at position pos0 + t.
+    /// Copy rows `rows` of src [_, width] into rows 0.. of dst, in that order.
+    fn gather_rows(&self, src: &Self::Buf, width: usize, rows: &[usize], dst: &mut Self::Buf);
+    /// Rotate every head of rows [row0, row0 + n_rows) of x [_, n_heads*head_dim]; row
+    /// row0 + t is at position pos0 + t.
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
         rope: &RopeTable,
         set: RopeSet,
         x: &mut Self::Buf,
+        row0: usize,
         n_rows: usize,
         width: usize,
         head_dim: usize,
         pos0: usize,
     );
-    /// Write rows [n_rows, width] into cache rows [pos0, pos0+n_rows).
+    /// Write src rows [row0, row0 + n_rows) (of `width`) into cache rows [pos0, pos0 + n_rows).
+    #[allow(clippy::too_many_arguments)]
     fn kv_write(
         &self,
         cache: &mut Self::Buf,
         src: &Self::Buf,
+        row0: usize,
         width: usize,
         pos0: usize,
         n_rows: usize,
     );
-    /// Causal GQA attention. q: [n_rows, n_head*head_dim]; row t (position pos0+t) attends to
-    /// cache rows [0, pos0+t]. out: [n_rows, n_head*head_dim].
+    /// Causal GQA attention over rows [row0, row0 + n_rows) of q and out (each
+    /// [_, n_head*head_dim]): row row0 + t, at position pos0 + t, attends to cache rows
+    /// [0, pos0 + t].
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Buf,
+        row0: usize,
         k_cache: &Self::Buf,
         v_cache: &Self::Buf,
         n_head: usize,

@@ -6,11 +6,24 @@ use super::config::ModelConfig;
 use super::rope::{RopeSet, RopeTable};
 use crate::backend::Backend;
 
-/// One pass over `n_rows` consecutive positions starting at `pos0`.
-pub struct Step<'a> {
-    pub pos0: usize,
+/// Consecutive rows of one pass that continue one sequence: rows [row0, row0 + n_rows) of the
+/// pass are positions [pos0, pos0 + n_rows) of the sequence in KV slot `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub slot: usize,
+    pub row0: usize,
     pub n_rows: usize,
+    pub pos0: usize,
+    /// The LongRoPE factor set this sequence's K rows are rotated with.
     pub set: RopeSet,
+}
+
+/// One pass over `n_rows` rows, made of one or more segments (distinct slots, in row order).
+/// Only attention looks at the segments; every other op works on rows alone, which is why
+/// sequences can share a pass without changing each other's bits.
+pub struct Step<'a> {
+    pub n_rows: usize,
+    pub segments: &'a [Segment],
     pub rope: &'a RopeTable,
 }
 
@@ -61,48 +74,38 @@ impl<B: Backend> Scratch<B> {
     }
 }
 
-/// Given s.q / s.k / s.v: rotate, write K/V rows into the cache, attend, project, add to s.x.
+/// Given s.q / s.k / s.v: rotate, write K/V rows into each segment's cache slot, attend,
+/// project, add to s.x. `kv` holds this layer's (K, V) of every slot.
 pub fn attention_block<B: Backend>(
     b: &B,
     cfg: &ModelConfig,
     step: &Step,
     s: &mut Scratch<B>,
-    kv: &mut (B::Buf, B::Buf),
+    kv: &mut [(B::Buf, B::Buf)],
     attn_output: &B::Matrix,
 ) {
     let n = step.n_rows;
-    let (wq, wkv) = (cfg.n_embd_q(), cfg.n_embd_kv());
-    b.rope(
-        step.rope,
-        step.set,
-        &mut s.q,
-        n,
-        wq,
-        cfg.head_dim,
-        step.pos0,
-    );
-    b.rope(
-        step.rope,
-        step.set,
-        &mut s.k,
-        n,
-        wkv,
-        cfg.head_dim,
-        step.pos0,
-    );
-    b.kv_write(&mut kv.0, &s.k, wkv, step.pos0, n);
-    b.kv_write(&mut kv.1, &s.v, wkv, step.pos0, n);
-    b.attention(
-        &s.q,
-        &kv.0,
-        &kv.1,
-        cfg.n_head,
-        cfg.n_head_kv,
-        cfg.head_dim,
-        step.pos0,
-        n,
-        &mut s.att,
-    );
+    let (wq, wkv, hd) = (cfg.n_embd_q(), cfg.n_embd_kv(), cfg.head_dim);
+    for g in step.segments {
+        let (r0, m, p0) = (g.row0, g.n_rows, g.pos0);
+        let (k_cache, v_cache) = &mut kv[g.slot];
+        b.rope(step.rope, g.set, &mut s.q, r0, m, wq, hd, p0);
+        b.rope(step.rope, g.set, &mut s.k, r0, m, wkv, hd, p0);
+        b.kv_write(k_cache, &s.k, r0, wkv, p0, m);
+        b.kv_write(v_cache, &s.v, r0, wkv, p0, m);
+        b.attention(
+            &s.q,
+            r0,
+            k_cache,
+            v_cache,
+            cfg.n_head,
+            cfg.n_head_kv,
+            hd,
+            p0,
+            m,
+            &mut s.att,
+        );
+    }
     b.matmul(attn_output, &s.att, n, &mut s.o);
     b.add_assign(&mut s.x, &s.o, n * cfg.n_embd);
 }

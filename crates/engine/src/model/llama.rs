@@ -60,7 +60,7 @@ impl<B: Backend> LlamaLayer<B> {
         cfg: &ModelConfig,
         step: &Step,
         s: &mut Scratch<B>,
-        kv: &mut (B::Buf, B::Buf),
+        kv: &mut [(B::Buf, B::Buf)],
     ) {
         let n = step.n_rows;
         b.rms_norm(&s.x, &self.attn_norm, cfg.rms_eps, n, &mut s.h);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, OpCounts};
 use crate::kv_cache::KvCache;
 use crate::EngineError;
-use blocks::{Scratch, Step};
+use blocks::{Scratch, Segment, Step};
 use config::{Arch, ModelConfig};
 use rope::{RopeSet, RopeTable};
 use weights::TensorSource;
@@ -42,7 +42,7 @@ impl<B: Backend> Layer<B> {
         cfg: &ModelConfig,
         step: &Step,
         s: &mut Scratch<B>,
-        kv: &mut (B::Buf, B::Buf),
+        kv: &mut [(B::Buf, B::Buf)],
     ) {
         match self {
             Layer::Llama(l) => l.forward(b, cfg, step, s, kv),
@@ -165,11 +165,34 @@ pub enum ShardOutput {
     Logits(Vec<f32>),
 }
 
+/// One sequence's rows in a pass: `n_rows` rows at positions [pos0, pos0 + n_rows) of the
+/// sequence held in KV slot `slot`, and which of them need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRows {
+    pub slot: usize,
+    pub pos0: usize,
+    pub n_rows: usize,
+    pub set: RopeSet,
+    pub logits: LogitRows,
+}
+
 /// A shard as the pipeline sees it, whatever its backend.
 pub trait ShardRunner: Send {
     fn spec(&self) -> &ShardSpec;
     fn device(&self) -> String;
-    /// Run the shard over rows at positions [pos0, pos0 + n), writing their KV rows.
+    /// How many sequences (KV slots) the shard holds.
+    fn n_slots(&self) -> usize;
+    /// Run one pass of at most `MAX_BLOCK_ROWS` rows made of several sequences' rows, in the
+    /// order of `seqs` (distinct slots). Each slot is first rolled back to its `pos0`. Logits
+    /// (from the last shard) come in the same order: per sequence, the rows it asked for.
+    fn forward_batch(
+        &mut self,
+        input: &Activations,
+        seqs: &[SeqRows],
+        rope: &RopeTable,
+    ) -> Result<ShardOutput, EngineError>;
+    /// Run the shard over rows at positions [pos0, pos0 + n) of slot 0, writing their KV rows,
+    /// in blocks of at most `MAX_BLOCK_ROWS`.
     fn forward(
         &mut self,
         input: &Activations,
@@ -178,14 +201,15 @@ pub trait ShardRunner: Send {
         rope: &RopeTable,
         logits: LogitRows,
     ) -> Result<ShardOutput, EngineError>;
-    fn truncate(&mut self, len: usize);
+    /// Roll slot `slot` back to its first `len` positions.
+    fn truncate(&mut self, slot: usize, len: usize);
     fn op_counts(&self) -> OpCounts;
     fn reset_op_counts(&self);
     /// Check the hidden state for NaN/Inf after every layer (validation probes).
     fn set_check_finite(&mut self, on: bool);
     /// Time spent since the last reset.
     fn timing(&self) -> ShardTiming;
-    /// The bits of the valid K and V rows of every layer.
+    /// The bits of the valid K and V rows of every layer of slot 0.
     fn kv_bits(&self) -> Vec<u32>;
     fn reset_timing(&mut self);
 }
@@ -216,9 +240,16 @@ impl<B: Backend> Shard<B> {
         cfg: Arc<ModelConfig>,
         weights: Arc<ShardWeights<B>>,
         n_ctx: usize,
+        n_slots: usize,
     ) -> Shard<B> {
         let b = &*backend;
-        let kv = KvCache::new(b, weights.layers.len(), n_ctx, cfg.n_embd_kv());
+        let kv = KvCache::new(
+            b,
+            weights.layers.len(),
+            n_slots.max(1),
+            n_ctx,
+            cfg.n_embd_kv(),
+        );
         let scratch = Scratch::new(b, &cfg, MAX_BLOCK_ROWS);
         let logits_buf = if weights.spec.has_head {
             b.alloc(MAX_BLOCK_ROWS * cfg.n_vocab)
@@ -239,7 +270,149 @@ impl<B: Backend> Shard<B> {
 }
 
 impl<B: Backend> Shard<B> {
-    fn forward_inner(
+    /// Check a pass's sequences against the slots and the context; return its segments.
+    fn segments(&self, seqs: &[SeqRows], rope: &RopeTable) -> Result<Vec<Segment>, EngineError> {
+        let mut segs = Vec::with_capacity(seqs.len());
+        let mut row0 = 0;
+        for (i, q) in seqs.iter().enumerate() {
+            if q.slot >= self.kv.n_slots() || seqs[..i].iter().any(|p| p.slot == q.slot) {
+                return Err(EngineError::BadInput(format!(
+                    "slot {} is out of range or repeated in one pass ({} slots)",
+                    q.slot,
+                    self.kv.n_slots()
+                )));
+            }
+            if q.pos0 > self.kv.len(q.slot) {
+                return Err(EngineError::BadInput(format!(
+                    "pass starts at position {} but the cache holds only {} rows",
+                    q.pos0,
+                    self.kv.len(q.slot)
+                )));
+            }
+            if q.pos0 + q.n_rows > self.kv.n_ctx || q.pos0 + q.n_rows > rope.n_ctx() {
+                return Err(EngineError::BadInput(format!(
+                    "{} tokens do not fit in the context of {} (use a larger --ctx)",
+                    q.pos0 + q.n_rows,
+                    self.kv.n_ctx
+                )));
+            }
+            segs.push(Segment {
+                slot: q.slot,
+                row0,
+                n_rows: q.n_rows,
+                pos0: q.pos0,
+                set: q.set,
+            });
+            row0 += q.n_rows;
+        }
+        if row0 == 0 || row0 > MAX_BLOCK_ROWS {
+            return Err(EngineError::BadInput(format!(
+                "a pass holds 1..={MAX_BLOCK_ROWS} rows, not {row0}"
+            )));
+        }
+        Ok(segs)
+    }
+
+    fn forward_pass(
+        &mut self,
+        input: &Activations,
+        seqs: &[SeqRows],
+        rope: &RopeTable,
+    ) -> Result<ShardOutput, EngineError> {
+        let segs = self.segments(seqs, rope)?;
+        let b = &*self.backend;
+        let cfg = &*self.cfg;
+        let w = &*self.weights;
+        let d = cfg.n_embd;
+        let n = segs.iter().map(|g| g.n_rows).sum::<usize>();
+        if input.n_rows(d) != n {
+            return Err(EngineError::BadInput(format!(
+                "the pass has {} input rows for {n} sequence rows",
+                input.n_rows(d)
+            )));
+        }
+        let s = &mut self.scratch;
+        match input {
+            Activations::Tokens(ids) => {
+                let e = w.embed.as_ref().ok_or_else(|| {
+                    EngineError::Model("token ids given to a shard without token_embd".into())
+                })?;
+                b.embed(e, ids, &mut s.x)?;
+            }
+            Activations::Hidden(h) => b.upload(h, &mut s.x),
+        }
+        for g in &segs {
+            self.kv.truncate(g.slot, g.pos0);
+        }
+        let t_layers = std::time::Instant::now();
+        let step = Step {
+            n_rows: n,
+            segments: &segs,
+            rope,
+        };
+        for (li, (layer, kv)) in w.layers.iter().zip(self.kv.layers.iter_mut()).enumerate() {
+            layer.forward(b, cfg, &step, s, kv);
+            if self.check_finite {
+                let mut x = vec![0f32; n * d];
+                b.download(&s.x, 0, &mut x);
+                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                    let g = segs
+                        .iter()
+                        .find(|g| i / d < g.row0 + g.n_rows)
+                        .unwrap_or(&segs[0]);
+                    return Err(EngineError::NonFinite {
+                        layer: w.spec.layers.start + li,
+                        what: format!(
+                            "hidden state at position {} value {}",
+                            g.pos0 + i / d - g.row0,
+                            x[i]
+                        ),
+                    });
+                }
+            }
+        }
+        for g in &segs {
+            self.kv.set_len(g.slot, g.pos0 + g.n_rows);
+        }
+        let t_head = std::time::Instant::now();
+        self.timing.layers_s += (t_head - t_layers).as_secs_f64();
+        let out = match (&w.output_norm, &w.output) {
+            (Some(norm), Some(out)) => {
+                let mut rows = Vec::new();
+                for (g, q) in segs.iter().zip(seqs) {
+                    match q.logits {
+                        LogitRows::None => {}
+                        LogitRows::Last => rows.push(g.row0 + g.n_rows - 1),
+                        LogitRows::All => rows.extend(g.row0..g.row0 + g.n_rows),
+                    }
+                }
+                let mut logits = vec![0f32; rows.len() * cfg.n_vocab];
+                if !rows.is_empty() {
+                    b.rms_norm(&s.x, norm, cfg.rms_eps, n, &mut s.h);
+                    let src = if rows.len() == n {
+                        &s.h
+                    } else {
+                        b.gather_rows(&s.h, d, &rows, &mut s.o);
+                        &s.o
+                    };
+                    b.matmul(out, src, rows.len(), &mut self.logits_buf);
+                    b.download(&self.logits_buf, 0, &mut logits);
+                }
+                ShardOutput::Logits(logits)
+            }
+            _ => {
+                let mut hidden = vec![0f32; n * d];
+                b.download(&s.x, 0, &mut hidden);
+                ShardOutput::Hidden(hidden)
+            }
+        };
+        self.timing.head_s += t_head.elapsed().as_secs_f64();
+        self.timing.passes += 1;
+        Ok(out)
+    }
+
+    /// Slot 0's rows [pos0, pos0 + n), a block of `MAX_BLOCK_ROWS` at a time.
+    fn forward_blocks(
         &mut self,
         input: &Activations,
         pos0: usize,
@@ -247,97 +420,38 @@ impl<B: Backend> Shard<B> {
         rope: &RopeTable,
         logits: LogitRows,
     ) -> Result<ShardOutput, EngineError> {
-        let b = &*self.backend;
-        let cfg = &*self.cfg;
-        let w = &*self.weights;
-        let d = cfg.n_embd;
+        let d = self.cfg.n_embd;
         let n_total = input.n_rows(d);
-        if pos0 > self.kv.len() {
-            return Err(EngineError::BadInput(format!(
-                "pass starts at position {pos0} but the cache holds only {} rows",
-                self.kv.len()
-            )));
-        }
-        if pos0 + n_total > self.kv.n_ctx || pos0 + n_total > rope.n_ctx() {
-            return Err(EngineError::BadInput(format!(
-                "{} tokens do not fit in the context of {} (use a larger --ctx)",
-                pos0 + n_total,
-                self.kv.n_ctx
-            )));
+        if n_total == 0 {
+            return Err(EngineError::BadInput("no rows to process".into()));
         }
         let mut hidden_out = Vec::new();
         let mut logits_out = Vec::new();
         let mut r0 = 0;
         while r0 < n_total {
             let n = (n_total - r0).min(MAX_BLOCK_ROWS);
-            let s = &mut self.scratch;
-            match input {
-                Activations::Tokens(ids) => {
-                    let e = w.embed.as_ref().ok_or_else(|| {
-                        EngineError::Model("token ids given to a shard without token_embd".into())
-                    })?;
-                    b.embed(e, &ids[r0..r0 + n], &mut s.x)?;
-                }
-                Activations::Hidden(h) => b.upload(&h[r0 * d..(r0 + n) * d], &mut s.x),
-            }
-            let t_layers = std::time::Instant::now();
-            let step = Step {
+            let block = match input {
+                Activations::Tokens(ids) => Activations::Tokens(ids[r0..r0 + n].to_vec()),
+                Activations::Hidden(h) => Activations::Hidden(h[r0 * d..(r0 + n) * d].to_vec()),
+            };
+            let rows = match logits {
+                LogitRows::Last if r0 + n < n_total => LogitRows::None,
+                l => l,
+            };
+            let seq = SeqRows {
+                slot: 0,
                 pos0: pos0 + r0,
                 n_rows: n,
                 set,
-                rope,
+                logits: rows,
             };
-            for (li, (layer, kv)) in w.layers.iter().zip(self.kv.layers.iter_mut()).enumerate() {
-                layer.forward(b, cfg, &step, s, kv);
-                if self.check_finite {
-                    let mut x = vec![0f32; n * d];
-                    b.download(&s.x, 0, &mut x);
-                    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                        return Err(EngineError::NonFinite {
-                            layer: w.spec.layers.start + li,
-                            what: format!("hidden state row {} value {}", r0 + i / d, x[i]),
-                        });
-                    }
-                }
+            match self.forward_pass(&block, &[seq], rope)? {
+                ShardOutput::Hidden(h) => hidden_out.extend_from_slice(&h),
+                ShardOutput::Logits(l) => logits_out.extend_from_slice(&l),
             }
-            self.kv.set_len(pos0 + r0 + n);
-            let t_head = std::time::Instant::now();
-            self.timing.layers_s += (t_head - t_layers).as_secs_f64();
-            match (&w.output_norm, &w.output) {
-                (Some(norm), Some(out)) => {
-                    let rows: Range<usize> = match logits {
-                        LogitRows::None => 0..0,
-                        LogitRows::All => 0..n,
-                        LogitRows::Last if r0 + n == n_total => n - 1..n,
-                        LogitRows::Last => 0..0,
-                    };
-                    if !rows.is_empty() {
-                        b.rms_norm(&s.x, norm, cfg.rms_eps, n, &mut s.h);
-                        let src = if rows.len() == n {
-                            &s.h
-                        } else {
-                            // Only the last row: view h as one row of n*d and take its tail.
-                            b.copy_cols(&s.h, n * d, (n - 1) * d, d, 1, &mut s.o);
-                            &s.o
-                        };
-                        b.matmul(out, src, rows.len(), &mut self.logits_buf);
-                        let v = cfg.n_vocab;
-                        let start = logits_out.len();
-                        logits_out.resize(start + rows.len() * v, 0.0);
-                        b.download(&self.logits_buf, 0, &mut logits_out[start..]);
-                    }
-                }
-                _ => {
-                    let start = hidden_out.len();
-                    hidden_out.resize(start + n * d, 0.0);
-                    b.download(&s.x, 0, &mut hidden_out[start..]);
-                }
-            }
-            self.timing.head_s += t_head.elapsed().as_secs_f64();
             r0 += n;
         }
-        self.timing.passes += 1;
-        Ok(if w.spec.has_head {
+        Ok(if self.weights.spec.has_head {
             ShardOutput::Logits(logits_out)
         } else {
             ShardOutput::Hidden(hidden_out)
@@ -354,6 +468,20 @@ impl<B: Backend> ShardRunner for Shard<B> {
         self.backend.device_name()
     }
 
+    fn n_slots(&self) -> usize {
+        self.kv.n_slots()
+    }
+
+    fn forward_batch(
+        &mut self,
+        input: &Activations,
+        seqs: &[SeqRows],
+        rope: &RopeTable,
+    ) -> Result<ShardOutput, EngineError> {
+        let backend = self.backend.clone();
+        backend.scope(|| self.forward_pass(input, seqs, rope))
+    }
+
     fn forward(
         &mut self,
         input: &Activations,
@@ -363,11 +491,11 @@ impl<B: Backend> ShardRunner for Shard<B> {
         logits: LogitRows,
     ) -> Result<ShardOutput, EngineError> {
         let backend = self.backend.clone();
-        backend.scope(|| self.forward_inner(input, pos0, set, rope, logits))
+        backend.scope(|| self.forward_blocks(input, pos0, set, rope, logits))
     }
 
-    fn truncate(&mut self, len: usize) {
-        self.kv.truncate(len);
+    fn truncate(&mut self, slot: usize, len: usize) {
+        self.kv.truncate(slot, len);
     }
 
     fn op_counts(&self) -> OpCounts {
@@ -391,11 +519,12 @@ impl<B: Backend> ShardRunner for Shard<B> {
     }
 
     fn kv_bits(&self) -> Vec<u32> {
-        let n = self.kv.len() * self.kv.width;
+        let n = self.kv.len(0) * self.kv.width;
         let b = &*self.backend;
         let mut out = Vec::new();
         let mut row = vec![0f32; n];
-        for (k, v) in &self.kv.layers {
+        for slots in &self.kv.layers {
+            let (k, v) = &slots[0];
             for buf in [k, v] {
                 b.download(buf, 0, &mut row);
                 out.extend(row.iter().map(|x| x.to_bits()));

@@ -54,7 +54,7 @@ impl<B: Backend> Phi3Layer<B> {
         cfg: &ModelConfig,
         step: &Step,
         s: &mut Scratch<B>,
-        kv: &mut (B::Buf, B::Buf),
+        kv: &mut [(B::Buf, B::Buf)],
     ) {
         let n = step.n_rows;
         let (q, kvw, ff) = (cfg.n_embd_q(), cfg.n_embd_kv(), cfg.n_ff);

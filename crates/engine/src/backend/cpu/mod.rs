@@ -507,11 +507,19 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn gather_rows(&self, src: &Vec<f32>, width: usize, rows: &[usize], dst: &mut Vec<f32>) {
+        self.count("gather_rows");
+        for (i, &r) in rows.iter().enumerate() {
+            dst[i * width..(i + 1) * width].copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+    }
+
     fn rope(
         &self,
         rope: &RopeTable,
         set: RopeSet,
         x: &mut Vec<f32>,
+        row0: usize,
         n_rows: usize,
         width: usize,
         head_dim: usize,
@@ -519,7 +527,8 @@ impl Backend for CpuBackend {
     ) {
         self.count("rope");
         for t in 0..n_rows {
-            rope.apply_row(set, pos0 + t, &mut x[t * width..(t + 1) * width], head_dim);
+            let r = row0 + t;
+            rope.apply_row(set, pos0 + t, &mut x[r * width..(r + 1) * width], head_dim);
         }
     }
 
@@ -527,17 +536,20 @@ impl Backend for CpuBackend {
         &self,
         cache: &mut Vec<f32>,
         src: &Vec<f32>,
+        row0: usize,
         width: usize,
         pos0: usize,
         n_rows: usize,
     ) {
         self.count("kv_write");
-        cache[pos0 * width..(pos0 + n_rows) * width].copy_from_slice(&src[..n_rows * width]);
+        cache[pos0 * width..(pos0 + n_rows) * width]
+            .copy_from_slice(&src[row0 * width..(row0 + n_rows) * width]);
     }
 
     fn attention(
         &self,
         q: &Vec<f32>,
+        row0: usize,
         k_cache: &Vec<f32>,
         v_cache: &Vec<f32>,
         n_head: usize,
@@ -548,6 +560,8 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) {
         self.count("attention");
+        let q = &q[row0 * n_head * head_dim..];
+        let out = &mut out[row0 * n_head * head_dim..];
         let group = n_head / n_head_kv;
         let kv_width = n_head_kv * head_dim;
         let scale = 1.0 / (head_dim as f32).sqrt();
@@ -862,7 +876,7 @@ mod attend_tests {
                         b.set_attention_parts(parts);
                         b.set_attention_rows(rows);
                         let mut out = vec![f32::NAN; t * n_head * hd];
-                        b.attention(&q, &k, &v, n_head, n_kv, hd, pos0, t, &mut out);
+                        b.attention(&q, 0, &k, &v, n_head, n_kv, hd, pos0, t, &mut out);
                         out
                     };
                     let portable = run(AttnPath::Portable, 0, 0);

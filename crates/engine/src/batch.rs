@@ -1,0 +1,311 @@
+//! Several sequences in one pass (continuous batching).
+//!
+//! A batch thread owns shard runners with one KV slot per sequence. Sessions made by
+//! `Engine::batched_sessions` send it their forward calls; it merges the calls that are pending
+//! into passes of at most `MAX_BLOCK_ROWS` rows, fewest remaining rows first (decode steps and
+//! verify blocks before prompt chunks, which fill the rest of the pass), and answers each call
+//! when its last rows have run.
+//!
+//! This changes no bits. Every op but attention works row by row with a reduction order that
+//! does not depend on the other rows of the pass, and attention reads only the row's own slot.
+//! So a sequence's logits are the same whether it runs alone or beside others, and however its
+//! prompt is split into chunks; tests/batch.rs checks this with `to_bits()`.
+//!
+//! Decoding is bandwidth-bound: one pass streams every weight once, whatever its row count. A
+//! pass with one row from each of N sequences costs little more than a single step, which is
+//! where the throughput of parallel requests comes from.
+//!
+//! While a session is marked busy (`Session::busy`), the thread waits up to `GATHER_WAIT` for
+//! its next call before running a pass without it, so sequences that decode together stay in
+//! step.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::rope::{RopeSet, RopeTable};
+use crate::model::{Activations, LogitRows, SeqRows, ShardOutput, ShardRunner, MAX_BLOCK_ROWS};
+use crate::EngineError;
+
+/// Most sequences one batch thread holds.
+pub const MAX_SLOTS: usize = MAX_BLOCK_ROWS;
+/// How long a pass waits for the next call of a busy session.
+pub const GATHER_WAIT: Duration = Duration::from_millis(5);
+
+/// The sessions' side of a batch thread.
+pub struct Shared {
+    tx: Sender<Msg>,
+    busy: Arc<Vec<AtomicBool>>,
+    counters: Arc<Counters>,
+}
+
+/// What the batch thread has run so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    pub passes: u64,
+    /// Rows over all passes.
+    pub rows: u64,
+    /// Sequences over all passes (a pass with rows of 3 sequences counts 3).
+    pub seqs: u64,
+    /// The most sequences one pass held.
+    pub max_seqs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    passes: AtomicU64,
+    rows: AtomicU64,
+    seqs: AtomicU64,
+    max_seqs: AtomicU64,
+}
+
+enum Msg {
+    Run(Job),
+    /// A session stopped being busy: the thread may not need to wait any more.
+    Wake,
+}
+
+/// A forward call: `ids` at positions [pos0, pos0 + ids.len()) of slot `slot`.
+struct Job {
+    slot: usize,
+    ids: Vec<u32>,
+    pos0: usize,
+    set: RopeSet,
+    rows: LogitRows,
+    /// Rows already run.
+    done: usize,
+    logits: Vec<f32>,
+    reply: Sender<Result<Vec<f32>, EngineError>>,
+}
+
+fn stopped() -> EngineError {
+    EngineError::Backend("the batch thread has stopped".into())
+}
+
+impl Shared {
+    /// Run `ids` on `slot` from `pos0` (rolling the slot back to `pos0` first) and return the
+    /// logits of `rows`, as `ShardRunner::forward` would.
+    pub fn run(
+        &self,
+        slot: usize,
+        ids: Vec<u32>,
+        pos0: usize,
+        set: RopeSet,
+        rows: LogitRows,
+    ) -> Result<Vec<f32>, EngineError> {
+        let (reply, answer) = channel();
+        let job = Job {
+            slot,
+            ids,
+            pos0,
+            set,
+            rows,
+            done: 0,
+            logits: Vec::new(),
+            reply,
+        };
+        self.tx.send(Msg::Run(job)).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        let c = &self.counters;
+        BatchStats {
+            passes: c.passes.load(Ordering::Relaxed),
+            rows: c.rows.load(Ordering::Relaxed),
+            seqs: c.seqs.load(Ordering::Relaxed),
+            max_seqs: c.max_seqs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Mark `slot` busy until the guard drops.
+    pub fn enter(self: &Arc<Self>, slot: usize) -> BusyGuard {
+        self.busy[slot].store(true, Ordering::Release);
+        BusyGuard {
+            shared: self.clone(),
+            slot,
+        }
+    }
+}
+
+pub struct BusyGuard {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.shared.busy[self.slot].store(false, Ordering::Release);
+        let _ = self.shared.tx.send(Msg::Wake);
+    }
+}
+
+/// Start a batch thread over `runners` (a pipeline whose runners all have the same slots).
+pub fn spawn(
+    runners: Vec<Box<dyn ShardRunner>>,
+    rope: Arc<RopeTable>,
+    n_vocab: usize,
+) -> Result<Arc<Shared>, EngineError> {
+    let n_slots = runners.first().map_or(0, |r| r.n_slots());
+    if n_slots == 0 || runners.iter().any(|r| r.n_slots() != n_slots) {
+        return Err(EngineError::Model(
+            "the shards of a batch must all hold the same slots".into(),
+        ));
+    }
+    let (tx, rx) = channel();
+    let busy: Arc<Vec<AtomicBool>> =
+        Arc::new((0..n_slots).map(|_| AtomicBool::new(false)).collect());
+    let counters = Arc::new(Counters::default());
+    let thread = Batcher {
+        runners,
+        rope,
+        n_vocab,
+        busy: busy.clone(),
+        counters: counters.clone(),
+        jobs: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("verispec-batch".into())
+        .spawn(move || thread.serve(rx))
+        .map_err(|e| EngineError::Backend(format!("cannot start the batch thread: {e}")))?;
+    Ok(Arc::new(Shared { tx, busy, counters }))
+}
+
+struct Batcher {
+    runners: Vec<Box<dyn ShardRunner>>,
+    rope: Arc<RopeTable>,
+    n_vocab: usize,
+    busy: Arc<Vec<AtomicBool>>,
+    counters: Arc<Counters>,
+    jobs: Vec<Job>,
+}
+
+impl Batcher {
+    /// Serve calls until every session is gone.
+    fn serve(mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.jobs.is_empty() {
+                match rx.recv() {
+                    Ok(m) => self.take(m),
+                    Err(_) => return,
+                }
+            }
+            let deadline = Instant::now() + GATHER_WAIT;
+            while !self.gathered() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(m) => self.take(m),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                self.take(m);
+            }
+            if !self.jobs.is_empty() {
+                self.pass();
+            }
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        if let Msg::Run(job) = m {
+            self.jobs.push(job);
+        }
+    }
+
+    /// Every busy slot has a call pending.
+    fn gathered(&self) -> bool {
+        self.busy
+            .iter()
+            .enumerate()
+            .all(|(slot, b)| !b.load(Ordering::Acquire) || self.jobs.iter().any(|j| j.slot == slot))
+    }
+
+    /// One pass over the pending calls' next rows.
+    fn pass(&mut self) {
+        self.jobs.sort_by_key(|j| (j.ids.len() - j.done, j.slot));
+        let mut seqs = Vec::new();
+        let mut ids = Vec::new();
+        let mut left = MAX_BLOCK_ROWS;
+        for j in &self.jobs {
+            if left == 0 {
+                break;
+            }
+            let take = (j.ids.len() - j.done).min(left);
+            let last = j.done + take == j.ids.len();
+            seqs.push(SeqRows {
+                slot: j.slot,
+                pos0: j.pos0 + j.done,
+                n_rows: take,
+                set: j.set,
+                logits: match j.rows {
+                    LogitRows::Last if !last => LogitRows::None,
+                    r => r,
+                },
+            });
+            ids.extend_from_slice(&j.ids[j.done..j.done + take]);
+            left -= take;
+        }
+        let c = &self.counters;
+        c.passes.fetch_add(1, Ordering::Relaxed);
+        c.rows.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        c.seqs.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        c.max_seqs.fetch_max(seqs.len() as u64, Ordering::Relaxed);
+        let result = catch_unwind(AssertUnwindSafe(|| self.forward(ids, &seqs)))
+            .unwrap_or_else(|_| Err(EngineError::Backend("a batched pass panicked".into())));
+        let ran: Vec<Job> = self.jobs.drain(..seqs.len()).collect();
+        let v = self.n_vocab;
+        match result {
+            Ok(logits) => {
+                let mut off = 0;
+                for (mut j, q) in ran.into_iter().zip(&seqs) {
+                    let n = match q.logits {
+                        LogitRows::None => 0,
+                        LogitRows::Last => 1,
+                        LogitRows::All => q.n_rows,
+                    };
+                    j.logits.extend_from_slice(&logits[off..off + n * v]);
+                    off += n * v;
+                    j.done += q.n_rows;
+                    if j.done == j.ids.len() {
+                        let _ = j.reply.send(Ok(std::mem::take(&mut j.logits)));
+                    } else {
+                        self.jobs.push(j);
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let mut e = Some(e);
+                for j in ran {
+                    let err = e
+                        .take()
+                        .unwrap_or_else(|| EngineError::Backend(msg.clone()));
+                    let _ = j.reply.send(Err(err));
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, ids: Vec<u32>, seqs: &[SeqRows]) -> Result<Vec<f32>, EngineError> {
+        let mut act = Activations::Tokens(ids);
+        let n = self.runners.len();
+        for (i, r) in self.runners.iter_mut().enumerate() {
+            match r.forward_batch(&act, seqs, &self.rope)? {
+                ShardOutput::Hidden(h) => act = Activations::Hidden(h),
+                ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
+                ShardOutput::Logits(_) => {
+                    return Err(EngineError::Model(format!(
+                        "shard {i} produced logits but is not the last shard"
+                    )))
+                }
+            }
+        }
+        Err(EngineError::Model("the last shard holds no LM head".into()))
+    }
+}
