@@ -637,10 +637,17 @@ fn parallel_requests_share_passes_and_keep_their_text() {
     // Some pass held rows of more than one request.
     let passes = metric(&s, "verispec_batch_passes_total");
     let seqs = metric(&s, "verispec_batch_sequences_total");
-    assert!(passes > 0.0 && seqs > passes, "passes {passes}, sequences {seqs}");
+    assert!(
+        passes > 0.0 && seqs > passes,
+        "passes {passes}, sequences {seqs}"
+    );
     // A follow-up that extends one of them reuses that slot's cache.
     let follow = format!("{}{}", prompts[1], want[1]);
-    let (code, r) = post(&s, "/v1/completions", &json!({"prompt": follow, "max_tokens": 8}));
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": follow, "max_tokens": 8}),
+    );
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["choices"][0]["text"], run_text(&follow, 8, false));
     assert!(metric(&s, "verispec_prompt_tokens_cached_total") > 5.0);

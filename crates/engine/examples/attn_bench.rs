@@ -19,7 +19,7 @@
 use std::time::Instant;
 
 use verispec::backend::cpu::{AttnPath, CpuBackend};
-use verispec::backend::{Backend, ComputePath};
+use verispec::backend::{AttnSeg, Backend, ComputePath};
 
 struct Shape {
     name: &'static str,
@@ -171,16 +171,19 @@ fn main() {
                         b.set_attention_rows(rpts[i]);
                         let t0 = Instant::now();
                         for l in 0..n_layer {
+                            let seg = AttnSeg {
+                                row0: 0,
+                                n_rows: t,
+                                pos0: pos,
+                                k_cache: &ks[l],
+                                v_cache: &vs[l],
+                            };
                             b.attention(
                                 &q,
-                                0,
-                                &ks[l],
-                                &vs[l],
+                                &[seg],
                                 sh.n_head,
                                 sh.n_head_kv,
                                 sh.head_dim,
-                                pos,
-                                t,
                                 &mut outs[i],
                             );
                         }

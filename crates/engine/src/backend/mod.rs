@@ -24,6 +24,24 @@ pub enum ComputePath {
     Fast,
 }
 
+/// One segment of an attention call: rows [row0, row0 + n_rows) at positions
+/// [pos0, pos0 + n_rows), with the K and V cache of their sequence.
+pub struct AttnSeg<'a, Buf> {
+    pub row0: usize,
+    pub n_rows: usize,
+    pub pos0: usize,
+    pub k_cache: &'a Buf,
+    pub v_cache: &'a Buf,
+}
+
+impl<Buf> Clone for AttnSeg<'_, Buf> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Buf> Copy for AttnSeg<'_, Buf> {}
+
 /// Op names counted for the residency gate.
 pub type OpCounts = BTreeMap<&'static str, u64>;
 
@@ -124,21 +142,17 @@ pub trait Backend: Send + Sync + Sized + 'static {
         pos0: usize,
         n_rows: usize,
     );
-    /// Causal GQA attention over rows [row0, row0 + n_rows) of q and out (each
-    /// [_, n_head*head_dim]): row row0 + t, at position pos0 + t, attends to cache rows
-    /// [0, pos0 + t].
-    #[allow(clippy::too_many_arguments)]
+    /// Causal GQA attention for one or more segments (disjoint rows of q and out, each
+    /// [_, n_head*head_dim]): row row0 + t of a segment, at position pos0 + t, attends to rows
+    /// [0, pos0 + t] of the segment's own cache. A row's result must not depend on the other
+    /// rows or segments of the call.
     fn attention(
         &self,
         q: &Self::Buf,
-        row0: usize,
-        k_cache: &Self::Buf,
-        v_cache: &Self::Buf,
+        segs: &[AttnSeg<'_, Self::Buf>],
         n_head: usize,
         n_head_kv: usize,
         head_dim: usize,
-        pos0: usize,
-        n_rows: usize,
         out: &mut Self::Buf,
     );
     /// out = silu(gate) * up, elementwise over [n_rows, width].

@@ -4,7 +4,7 @@
 
 use super::config::ModelConfig;
 use super::rope::{RopeSet, RopeTable};
-use crate::backend::Backend;
+use crate::backend::{AttnSeg, Backend};
 
 /// Consecutive rows of one pass that continue one sequence: rows [row0, row0 + n_rows) of the
 /// pass are positions [pos0, pos0 + n_rows) of the sequence in KV slot `slot`.
@@ -93,19 +93,19 @@ pub fn attention_block<B: Backend>(
         b.rope(step.rope, g.set, &mut s.k, r0, m, wkv, hd, p0);
         b.kv_write(k_cache, &s.k, r0, wkv, p0, m);
         b.kv_write(v_cache, &s.v, r0, wkv, p0, m);
-        b.attention(
-            &s.q,
-            r0,
-            k_cache,
-            v_cache,
-            cfg.n_head,
-            cfg.n_head_kv,
-            hd,
-            p0,
-            m,
-            &mut s.att,
-        );
     }
+    let segs: Vec<AttnSeg<'_, B::Buf>> = step
+        .segments
+        .iter()
+        .map(|g| AttnSeg {
+            row0: g.row0,
+            n_rows: g.n_rows,
+            pos0: g.pos0,
+            k_cache: &kv[g.slot].0,
+            v_cache: &kv[g.slot].1,
+        })
+        .collect();
+    b.attention(&s.q, &segs, cfg.n_head, cfg.n_head_kv, hd, &mut s.att);
     b.matmul(attn_output, &s.att, n, &mut s.o);
     b.add_assign(&mut s.x, &s.o, n * cfg.n_embd);
 }

@@ -9,7 +9,7 @@ mod softmax_exp;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use super::{Backend, ComputePath, OpCounts};
+use super::{AttnSeg, Backend, ComputePath, OpCounts};
 use crate::gguf::GgmlType;
 use crate::model::rope::{RopeSet, RopeTable};
 use crate::model::weights::HostTensor;
@@ -549,29 +549,26 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &Vec<f32>,
-        row0: usize,
-        k_cache: &Vec<f32>,
-        v_cache: &Vec<f32>,
+        segs: &[AttnSeg<'_, Vec<f32>>],
         n_head: usize,
         n_head_kv: usize,
         head_dim: usize,
-        pos0: usize,
-        n_rows: usize,
         out: &mut Vec<f32>,
     ) {
         self.count("attention");
-        let q = &q[row0 * n_head * head_dim..];
-        let out = &mut out[row0 * n_head * head_dim..];
         let group = n_head / n_head_kv;
         let kv_width = n_head_kv * head_dim;
+        let row_stride = n_head * head_dim;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        assert!(out.len() >= n_rows * n_head * head_dim);
+        let end = segs.iter().map(|g| g.row0 + g.n_rows).max().unwrap_or(0);
+        assert!(out.len() >= end * row_stride && q.len() >= end * row_stride);
         let dst = SyncPtr(out.as_mut_ptr());
         let path = ATTN_PATHS[self.attn_path.load(Ordering::Relaxed) as usize].resolve();
         if let Some(kernel) = attention::kernel(path) {
-            // A task is a run of consecutive rows and the heads of one part of a GQA group (the
-            // whole group unless it has more than `MAX_HEADS` heads): they share the KV head's
-            // rows, each K and V row read once for all of them (V14).
+            // A task is a run of consecutive rows of one segment and the heads of one part of a
+            // GQA group (the whole group unless it has more than `MAX_HEADS` heads): they share
+            // the KV head's rows, each K and V row read once for all of them (V14). The
+            // segments' tasks go to the pool together.
             let min_parts = group.div_ceil(attention::MAX_HEADS);
             let parts = match self.attn_parts.load(Ordering::Relaxed) {
                 0 => min_parts,
@@ -580,67 +577,87 @@ impl Backend for CpuBackend {
             let max_heads = group.div_ceil(parts);
             let max_rows = (attention::MAX_QUERIES / max_heads).max(1);
             let per_chunk = n_head_kv * parts;
-            let rows = match self.attn_rows.load(Ordering::Relaxed) {
-                // All rows in one task when that leaves at least 2 tasks per thread, else
-                // split the rows so that it does (3 groups on 2 threads would not balance).
-                0 => {
-                    let chunks = (2 * self.pool.threads())
-                        .div_ceil(per_chunk)
-                        .clamp(1, n_rows);
-                    n_rows.div_ceil(chunks)
+            // (segment, its row chunks, the first task index of the segment).
+            let mut plan = Vec::with_capacity(segs.len());
+            let mut n_tasks = 0;
+            for (i, g) in segs.iter().enumerate() {
+                let rows = match self.attn_rows.load(Ordering::Relaxed) {
+                    // All rows in one task when that leaves at least 2 tasks per thread, else
+                    // split the rows so that it does (3 groups on 2 threads would not balance).
+                    0 => {
+                        let chunks = (2 * self.pool.threads())
+                            .div_ceil(per_chunk)
+                            .clamp(1, g.n_rows.max(1));
+                        g.n_rows.div_ceil(chunks)
+                    }
+                    r => r,
                 }
-                r => r,
+                .clamp(1, max_rows);
+                let chunks = g.n_rows.div_ceil(rows);
+                plan.push((i, chunks, n_tasks));
+                n_tasks += chunks * per_chunk;
             }
-            .clamp(1, max_rows);
-            let chunks = n_rows.div_ceil(rows);
-            let row_stride = n_head * head_dim;
-            self.pool.run(chunks * per_chunk, &|idx| {
-                let (c, r) = (idx / per_chunk, idx % per_chunk);
-                // Rows t0..t1 (balanced chunks).
-                let (t0, t1) = (c * n_rows / chunks, (c + 1) * n_rows / chunks);
+            self.pool.run(n_tasks, &|idx| {
+                let at = plan.partition_point(|p| p.2 <= idx) - 1;
+                let (i, chunks, first) = plan[at];
+                let sg = &segs[i];
+                let local = idx - first;
+                let (c, r) = (local / per_chunk, local % per_chunk);
+                // Rows t0..t1 of the segment (balanced chunks).
+                let (t0, t1) = (c * sg.n_rows / chunks, (c + 1) * sg.n_rows / chunks);
                 let (kvh, part) = (r / parts, r % parts);
                 // Heads h0..h1 of each row, all in KV head `kvh`'s group.
                 let h0 = kvh * group + part * group / parts;
                 let h1 = kvh * group + (part + 1) * group / parts;
-                let base = t0 * n_head * head_dim + h0 * head_dim;
+                let base = (sg.row0 + t0) * row_stride + h0 * head_dim;
                 let len = (t1 - t0 - 1) * row_stride + (h1 - h0) * head_dim;
                 let g = attention::Group {
                     q: &q[base..base + len],
                     nh: h1 - h0,
                     rows: t1 - t0,
                     row_stride,
-                    k_cache,
-                    v_cache,
+                    k_cache: sg.k_cache,
+                    v_cache: sg.v_cache,
                     off: kvh * head_dim,
                     kv_width,
                     head_dim,
                     scale,
                 };
-                // Keys 0..=pos in order for every (row, head), whatever T, the split and the
-                // thread.
+                // Keys 0..=pos in order for every (row, head), whatever T, the split, the other
+                // segments and the thread.
                 // SAFETY: `resolve` checked the path's CPU features; task `idx` alone writes
-                // heads h0..h1 of rows t0..t1 of `out`, which are in bounds (`out` holds
-                // `n_rows * n_head * head_dim` floats).
-                SCORES.with_borrow_mut(|s| unsafe { kernel(&g, pos0 + t0, s, dst.at(base)) });
+                // heads h0..h1 of rows t0..t1 of its segment in `out`, which are in bounds
+                // (checked above).
+                SCORES.with_borrow_mut(|s| unsafe { kernel(&g, sg.pos0 + t0, s, dst.at(base)) });
             });
             return;
         }
-        self.pool.run(n_rows * n_head, &|idx| {
-            let (t, h) = (idx / n_head, idx % n_head);
-            let g = h / group;
-            let pos = pos0 + t;
-            let qh = &q[idx * head_dim..(idx + 1) * head_dim];
-            // SAFETY: task `idx` alone writes `out[idx * head_dim ..][..head_dim]`, which is in
-            // bounds (`out` holds `n_rows * n_head * head_dim` floats).
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(idx * head_dim), head_dim) };
+        // Portable: a task per (segment row, head).
+        let mut firsts = Vec::with_capacity(segs.len());
+        let mut n_tasks = 0;
+        for g in segs {
+            firsts.push(n_tasks);
+            n_tasks += g.n_rows * n_head;
+        }
+        self.pool.run(n_tasks, &|idx| {
+            let i = firsts.partition_point(|&f| f <= idx) - 1;
+            let sg = &segs[i];
+            let local = idx - firsts[i];
+            let (t, h) = (local / n_head, local % n_head);
+            let pos = sg.pos0 + t;
+            let at = (sg.row0 + t) * row_stride + h * head_dim;
+            let qh = &q[at..at + head_dim];
+            // SAFETY: task `idx` alone writes `out[at..at + head_dim]`, which is in bounds
+            // (checked above).
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(at), head_dim) };
             // Per-thread scores buffer, reused across calls (no allocation per (row, head));
             // keys 0..=pos in order, whatever T and the thread.
             SCORES.with_borrow_mut(|scores| {
                 let a = Attend {
                     qh,
-                    k_cache,
-                    v_cache,
-                    off: g * head_dim,
+                    k_cache: sg.k_cache,
+                    v_cache: sg.v_cache,
+                    off: h / group * head_dim,
                     kv_width,
                     head_dim,
                     scale,
@@ -687,7 +704,7 @@ impl Backend for CpuBackend {
 #[cfg(test)]
 mod attend_tests {
     use super::{Attend, AttnPath, CpuBackend};
-    use crate::backend::{Backend, ComputePath};
+    use crate::backend::{AttnSeg, Backend, ComputePath};
 
     const DIMS: [usize; 6] = [64, 96, 128, 20, 8, 7];
     const POSITIONS: [usize; 9] = [0, 1, 2, 3, 7, 8, 63, 299, 1000];
@@ -876,7 +893,14 @@ mod attend_tests {
                         b.set_attention_parts(parts);
                         b.set_attention_rows(rows);
                         let mut out = vec![f32::NAN; t * n_head * hd];
-                        b.attention(&q, 0, &k, &v, n_head, n_kv, hd, pos0, t, &mut out);
+                        let seg = AttnSeg {
+                            row0: 0,
+                            n_rows: t,
+                            pos0,
+                            k_cache: &k,
+                            v_cache: &v,
+                        };
+                        b.attention(&q, &[seg], n_head, n_kv, hd, &mut out);
                         out
                     };
                     let portable = run(AttnPath::Portable, 0, 0);
@@ -901,5 +925,54 @@ mod attend_tests {
             }
         }
         b.set_attention_rows(0);
+    }
+
+    /// Segments with their own caches in one call give each row the bits it gets alone.
+    #[test]
+    fn attention_segments_equal_separate_calls_bitwise() {
+        let b = CpuBackend::new(ComputePath::Fast, 2).unwrap();
+        let mut rng = Rng(4242);
+        for (n_head, n_kv, hd) in [(9, 3, 64), (24, 8, 128), (5, 1, 7)] {
+            let (w, qw) = (n_kv * hd, n_head * hd);
+            // (n_rows, pos0) of each segment, cache of 200 rows each.
+            let shape = [(1, 0), (3, 17), (1, 150), (8, 5), (2, 190)];
+            let caches: Vec<(Vec<f32>, Vec<f32>)> = shape
+                .iter()
+                .map(|_| {
+                    let k = (0..200 * w).map(|_| rng.val()).collect();
+                    let v = (0..200 * w).map(|_| rng.val()).collect();
+                    (k, v)
+                })
+                .collect();
+            let total: usize = shape.iter().map(|s| s.0).sum();
+            let q: Vec<f32> = (0..total * qw).map(|_| rng.val()).collect();
+            let mut segs = Vec::new();
+            let mut row0 = 0;
+            for (&(n, pos0), (k, v)) in shape.iter().zip(&caches) {
+                segs.push(AttnSeg {
+                    row0,
+                    n_rows: n,
+                    pos0,
+                    k_cache: k,
+                    v_cache: v,
+                });
+                row0 += n;
+            }
+            for p in [AttnPath::Portable, AttnPath::Auto, AttnPath::Avx2] {
+                b.set_attention_path(p);
+                let mut together = vec![f32::NAN; total * qw];
+                b.attention(&q, &segs, n_head, n_kv, hd, &mut together);
+                for sg in &segs {
+                    let one = AttnSeg { row0: 0, ..*sg };
+                    let mut alone = vec![f32::NAN; sg.n_rows * qw];
+                    let qs = q[sg.row0 * qw..(sg.row0 + sg.n_rows) * qw].to_vec();
+                    b.attention(&qs, &[one], n_head, n_kv, hd, &mut alone);
+                    let got = &together[sg.row0 * qw..(sg.row0 + sg.n_rows) * qw];
+                    let what = format!("{p:?} {n_head}/{n_kv}x{hd} segment at row {}", sg.row0);
+                    assert_same_bits(got, &alone, &what);
+                }
+            }
+        }
+        b.set_attention_path(AttnPath::Auto);
     }
 }
