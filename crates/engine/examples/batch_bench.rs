@@ -54,6 +54,7 @@ fn main() {
         let mut line = format!("round {r}: plain 1 seq {alone:.1} tok/s");
         for &n in &counts {
             let guards: Vec<_> = batched[..n].iter().map(|s| s.busy()).collect();
+            let before = batched[0].batch_stats().unwrap();
             let t0 = Instant::now();
             let outs: Vec<Vec<u32>> = std::thread::scope(|sc| {
                 let hs: Vec<_> = batched[..n]
@@ -75,7 +76,14 @@ fn main() {
             for (i, o) in outs.iter().enumerate() {
                 assert_eq!(o, &want[i], "sequence {i} differs from the plain session's");
             }
-            line += &format!(", batched {n} seq {:.1} tok/s", (n * n_tok) as f64 / secs);
+            let after = batched[0].batch_stats().unwrap();
+            let passes = (after.passes - before.passes) as f64;
+            line += &format!(
+                ", batched {n} seq {:.1} tok/s ({:.2} ms/pass wall, {:.2} in the pass)",
+                (n * n_tok) as f64 / secs,
+                secs * 1e3 / passes,
+                (after.pass_s - before.pass_s) * 1e3 / passes
+            );
         }
         println!("{line}");
     }

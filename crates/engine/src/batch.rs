@@ -42,7 +42,7 @@ pub struct Shared {
 }
 
 /// What the batch thread has run so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct BatchStats {
     pub passes: u64,
     /// Rows over all passes.
@@ -51,6 +51,8 @@ pub struct BatchStats {
     pub seqs: u64,
     /// The most sequences one pass held.
     pub max_seqs: u64,
+    /// Seconds spent in passes (the rest of the thread's time is waiting for calls).
+    pub pass_s: f64,
 }
 
 #[derive(Default)]
@@ -59,6 +61,7 @@ struct Counters {
     rows: AtomicU64,
     seqs: AtomicU64,
     max_seqs: AtomicU64,
+    pass_ns: AtomicU64,
 }
 
 enum Msg {
@@ -117,6 +120,7 @@ impl Shared {
             rows: c.rows.load(Ordering::Relaxed),
             seqs: c.seqs.load(Ordering::Relaxed),
             max_seqs: c.max_seqs.load(Ordering::Relaxed),
+            pass_s: c.pass_ns.load(Ordering::Relaxed) as f64 * 1e-9,
         }
     }
 
@@ -256,8 +260,12 @@ impl Batcher {
         c.rows.fetch_add(ids.len() as u64, Ordering::Relaxed);
         c.seqs.fetch_add(seqs.len() as u64, Ordering::Relaxed);
         c.max_seqs.fetch_max(seqs.len() as u64, Ordering::Relaxed);
+        let t0 = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| self.forward(ids, &seqs)))
             .unwrap_or_else(|_| Err(EngineError::Backend("a batched pass panicked".into())));
+        self.counters
+            .pass_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let ran: Vec<Job> = self.jobs.drain(..seqs.len()).collect();
         let v = self.n_vocab;
         match result {

@@ -209,12 +209,14 @@ fn work(
             metrics.batch(b);
         }
         metrics.running.fetch_sub(1, Ordering::Relaxed);
-        let _ = job.events.send(Event::Done(done));
+        // Free the slot before answering: a client that sends its next turn as soon as it has
+        // this answer must find the slot (and its cached prefix) idle.
         let mut state = slots.lock();
         state[slot].tokens = session.tokens().to_vec();
         state[slot].idle = true;
         drop(state);
         slots.freed.notify_one();
+        let _ = job.events.send(Event::Done(done));
     }
 }
 
