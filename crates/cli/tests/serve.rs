@@ -533,6 +533,17 @@ fn metric(s: &Server, name: &str) -> f64 {
 #[test]
 fn a_full_queue_gives_503_and_a_gone_client_frees_the_engine() {
     let s = start(&["--queue", "1", "--parallel", "1"]);
+    // More prompts in one request than the queue can ever hold: a 400 that says so, not 503.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": ["a", "b"], "max_tokens": 2}),
+    );
+    assert_eq!(code, 400, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("--queue"),
+        "{r}"
+    );
     // A: a long streamed generation; wait for its first token so it is surely running.
     let mut a = TcpStream::connect(s.addr).unwrap();
     let body = json!({"prompt": "Once upon a time", "max_tokens": 100000, "ignore_eos": true,
@@ -641,6 +652,61 @@ fn parallel_requests_share_passes_and_keep_their_text() {
         passes > 0.0 && seqs > passes,
         "passes {passes}, sequences {seqs}"
     );
+    // Several prompts in one request: one choice each, in order, each equal to `run`'s text.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": [prompts[2], prompts[0], prompts[3]], "max_tokens": 48}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, want_i) in [2, 0, 3].into_iter().enumerate() {
+        assert_eq!(choices[i]["index"], i);
+        assert_eq!(choices[i]["text"], want[want_i].as_str(), "choice {i}");
+    }
+    let generated: u64 = r["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["n_generated"].as_u64().unwrap())
+        .sum();
+    assert_eq!(r["usage"]["completion_tokens"], generated);
+    // Scoring several prompts at once (lm-eval's batched log-likelihood request): each
+    // choice's log-probabilities equal the same prompt scored alone, bit for bit.
+    let score = |p: Value| {
+        let (code, r) = post(
+            &s,
+            "/v1/completions",
+            &json!({"prompt": p, "max_tokens": 0, "echo": true, "logprobs": 1}),
+        );
+        assert_eq!(code, 200, "{r}");
+        r
+    };
+    let both = score(json!([prompts[1], prompts[2]]));
+    for (i, p) in [prompts[1], prompts[2]].into_iter().enumerate() {
+        let alone = score(json!(p));
+        assert_eq!(
+            both["choices"][i]["logprobs"]["token_logprobs"],
+            alone["choices"][0]["logprobs"]["token_logprobs"],
+            "prompt {i}"
+        );
+    }
+    // One bad prompt refuses the whole request, before anything runs.
+    let (code, r) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": ["fine", [1, 99999999]], "max_tokens": 4}),
+    );
+    assert_eq!(code, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{r}"
+    );
+
     // A follow-up that extends one of them reuses that slot's cache.
     let follow = format!("{}{}", prompts[1], want[1]);
     let (code, r) = post(

@@ -79,7 +79,8 @@ pub struct Options {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletionRequest {
-    pub prompt: Prompt,
+    /// One or more (up to `MAX_PROMPTS`); each gets its own choice, in order.
+    pub prompts: Vec<Prompt>,
     pub options: Options,
     /// Return the prompt before the completion (and its tokens' log-probabilities).
     pub echo: bool,
@@ -90,6 +91,9 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub options: Options,
 }
+
+/// The most prompts one completion request may give.
+pub const MAX_PROMPTS: usize = 64;
 
 /// The most stop strings a request may give.
 pub const MAX_STOPS: usize = 16;
@@ -112,9 +116,9 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
         Some(v) => Some(top_count("logprobs", v)?),
     };
     expect_one(&obj, "best_of")?;
-    let prompt = match obj.get("prompt") {
+    let prompts = match obj.get("prompt") {
         None | Some(Value::Null) => return Err(ApiError::bad("'prompt' is required")),
-        Some(v) => parse_prompt(v)?,
+        Some(v) => parse_prompts(v)?,
     };
     // With echo, max_tokens 0 scores the prompt alone (how evaluation harnesses ask for it).
     let mut options = parse_options(&obj, &["max_tokens"], if echo { 0 } else { 1 })?;
@@ -124,8 +128,13 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
             "'echo' is supported only without \"stream\": true",
         ));
     }
+    if prompts.len() > 1 && options.stream {
+        return Err(ApiError::bad(
+            "'prompt': several prompts are supported only without \"stream\": true",
+        ));
+    }
     Ok(CompletionRequest {
-        prompt,
+        prompts,
         options,
         echo,
     })
@@ -196,21 +205,36 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn parse_prompt(v: &Value) -> Result<Prompt, ApiError> {
-    let one_prompt = "'prompt': give one prompt per request (a string or an array of token ids)";
-    match v {
-        Value::String(s) => Ok(Prompt::Text(s.clone())),
-        Value::Array(a) if a.is_empty() => Err(ApiError::bad("'prompt' is empty")),
-        Value::Array(a) => match &a[0] {
-            Value::String(s) if a.len() == 1 => Ok(Prompt::Text(s.clone())),
-            Value::Number(_) => token_ids("prompt", a).map(Prompt::Ids),
-            Value::Array(inner) if a.len() == 1 => token_ids("prompt", inner).map(Prompt::Ids),
-            _ => Err(ApiError::bad(one_prompt)),
-        },
-        _ => Err(ApiError::bad(
-            "'prompt' must be a string or an array of token ids",
-        )),
+/// A string, token ids, or an array of either (several prompts, one choice each).
+fn parse_prompts(v: &Value) -> Result<Vec<Prompt>, ApiError> {
+    let prompts = match v {
+        Value::String(s) => vec![Prompt::Text(s.clone())],
+        Value::Array(a) if a.is_empty() => return Err(ApiError::bad("'prompt' is empty")),
+        Value::Array(a) if a[0].is_number() => vec![Prompt::Ids(token_ids("prompt", a)?)],
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Value::String(s) => Ok(Prompt::Text(s.clone())),
+                Value::Array(ids) => token_ids(&format!("prompt[{i}]"), ids).map(Prompt::Ids),
+                _ => Err(ApiError::bad(format!(
+                    "'prompt[{i}]' must be a string or an array of token ids"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::bad(
+                "'prompt' must be a string, token ids, or an array of them",
+            ))
+        }
+    };
+    if prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::bad(format!(
+            "'prompt': at most {MAX_PROMPTS} prompts per request, got {}",
+            prompts.len()
+        )));
     }
+    Ok(prompts)
 }
 
 fn token_ids(field: &str, a: &[Value]) -> Result<Vec<u32>, ApiError> {
@@ -464,14 +488,34 @@ mod tests {
 
     #[test]
     fn prompts_take_every_openai_shape() {
-        let p = |b: &str| completion(b).map(|r| r.prompt);
-        assert_eq!(p(r#"{"prompt":"hi"}"#), Ok(Prompt::Text("hi".into())));
-        assert_eq!(p(r#"{"prompt":["hi"]}"#), Ok(Prompt::Text("hi".into())));
-        assert_eq!(p(r#"{"prompt":[1,2,3]}"#), Ok(Prompt::Ids(vec![1, 2, 3])));
-        assert_eq!(p(r#"{"prompt":[[7,8]]}"#), Ok(Prompt::Ids(vec![7, 8])));
+        let p = |b: &str| completion(b).map(|r| r.prompts);
+        let text = |t: &str| Prompt::Text(t.into());
+        assert_eq!(p(r#"{"prompt":"hi"}"#), Ok(vec![text("hi")]));
+        assert_eq!(p(r#"{"prompt":["hi"]}"#), Ok(vec![text("hi")]));
+        assert_eq!(
+            p(r#"{"prompt":[1,2,3]}"#),
+            Ok(vec![Prompt::Ids(vec![1, 2, 3])])
+        );
+        assert_eq!(
+            p(r#"{"prompt":[[7,8]]}"#),
+            Ok(vec![Prompt::Ids(vec![7, 8])])
+        );
+        // Several prompts: one choice each, strings and ids mixed as OpenAI allows.
+        assert_eq!(
+            p(r#"{"prompt":["a",[1],"b"]}"#),
+            Ok(vec![text("a"), Prompt::Ids(vec![1]), text("b")])
+        );
+        let many = format!(
+            r#"{{"prompt":{}}}"#,
+            serde_json::json!(vec!["x"; MAX_PROMPTS + 1])
+        );
+        assert!(p(&many).unwrap_err().message.contains("at most"));
+        let e = completion(r#"{"prompt":["a","b"],"stream":true}"#).unwrap_err();
+        assert!(e.message.contains("several prompts"), "{}", e.message);
         for bad in [
-            r#"{"prompt":["a","b"]}"#,
-            r#"{"prompt":[[1],[2]]}"#,
+            r#"{"prompt":["a",7]}"#,
+            r#"{"prompt":[[1],[]]}"#,
+            r#"{"prompt":[[1],[-2]]}"#,
             r#"{"prompt":[]}"#,
             r#"{"prompt":[-1]}"#,
             r#"{"prompt":[1.5]}"#,

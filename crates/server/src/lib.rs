@@ -80,6 +80,8 @@ struct AppState {
     created: u64,
     ready: OnceLock<Ready>,
     jobs: SyncSender<Job>,
+    /// The queue's bound (--queue).
+    queue: usize,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
     api_key: Option<String>,
@@ -108,6 +110,7 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         created: unix_now(),
         ready: OnceLock::new(),
         jobs,
+        queue: opts.queue,
         metrics: Arc::new(Metrics::default()),
         next_id: AtomicU64::new(0),
         api_key: opts.api_key.clone(),
@@ -371,14 +374,24 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
         let r = api::parse_completion(&read_body(body).await?)?;
         let ready = ready(&state, &r.options)?;
         let tok = &ready.engine.tokenizer;
-        let (ids, echo) = match r.prompt {
-            Prompt::Text(t) => (tok.encode(&t, true, true), r.echo.then_some(t)),
-            Prompt::Ids(ids) => {
-                let echo = r.echo.then(|| tok.decode(&ids));
-                (ids, echo)
-            }
-        };
+        let mut prompts: Vec<(Vec<u32>, Option<String>)> = r
+            .prompts
+            .into_iter()
+            .map(|p| match p {
+                Prompt::Text(t) => (tok.encode(&t, true, true), r.echo.then_some(t)),
+                Prompt::Ids(ids) => {
+                    let echo = r.echo.then(|| tok.decode(&ids));
+                    (ids, echo)
+                }
+            })
+            .collect();
         let max = r.options.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS);
+        if prompts.len() > 1 {
+            return submit_many(&state, ready, prompts, max, r.options).await;
+        }
+        let (ids, echo) = prompts
+            .pop()
+            .ok_or_else(|| ApiError::bad("'prompt' is empty"))?;
         submit(&state, ready, ids, max, r.options, Kind::Completion, echo).await
     };
     result.await.unwrap_or_else(error)
@@ -449,25 +462,35 @@ enum Kind {
     Chat,
 }
 
-/// Check the prompt, queue the job, and answer (whole or streamed). `echo`: the prompt's text,
-/// to put before the completion (with its tokens' log-probabilities if asked for).
-async fn submit(
+/// One prompt's request, checked and ready to queue.
+struct Prepared {
+    meta: Meta,
+    job: Job,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+/// Check a prompt and build its job. `echo`: the prompt's text, to put before the completion
+/// (with its tokens' log-probabilities if asked for). `what` names the prompt in errors.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
     state: &Arc<AppState>,
     ready: &Ready,
     ids: Vec<u32>,
     max_tokens: usize,
-    opts: Options,
+    opts: &Options,
     kind: Kind,
     echo: Option<String>,
-) -> Result<Response, ApiError> {
+    id: &str,
+    what: &str,
+) -> Result<Prepared, ApiError> {
     let engine = &ready.engine;
     if ids.is_empty() {
-        return Err(ApiError::bad("the prompt is empty"));
+        return Err(ApiError::bad(format!("{what} is empty")));
     }
     check_ids(&ids, engine.cfg.n_vocab)?;
     if ids.len() > engine.n_ctx {
         return Err(ApiError::bad(format!(
-            "the prompt has {} tokens but the context holds {} (start the server with a larger --ctx)",
+            "{what} has {} tokens but the context holds {} (start the server with a larger --ctx)",
             ids.len(),
             engine.n_ctx
         )));
@@ -481,12 +504,8 @@ async fn submit(
         cancel: Some(cancel.clone()),
         logprobs: opts.logprobs,
     };
-    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
     let meta = Meta {
-        id: match kind {
-            Kind::Completion => format!("cmpl-{:x}-{n}", state.created),
-            Kind::Chat => format!("chatcmpl-{:x}-{n}", state.created),
-        },
+        id: id.to_string(),
         created: unix_now(),
         model: state.model_id.clone(),
         kind,
@@ -511,21 +530,132 @@ async fn submit(
         events,
         queued_at: Instant::now(),
     };
+    Ok(Prepared { meta, job, rx })
+}
+
+/// Put a job in the queue, or say why not (503 when it is full).
+fn enqueue(state: &AppState, job: Job) -> Result<(), ApiError> {
     state.metrics.queued.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = state.jobs.try_send(job) {
+    state.jobs.try_send(job).map_err(|e| {
         state.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-        return Err(match e {
+        match e {
             TrySendError::Full(_) => {
                 ApiError::unavailable("the server is busy: the request queue is full; retry later")
             }
             TrySendError::Disconnected(_) => ApiError::internal("the engine thread has stopped"),
-        });
+        }
+    })
+}
+
+fn response_id(state: &AppState, kind: Kind) -> String {
+    let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+    match kind {
+        Kind::Completion => format!("cmpl-{:x}-{n}", state.created),
+        Kind::Chat => format!("chatcmpl-{:x}-{n}", state.created),
     }
+}
+
+/// Check the prompt, queue the job, and answer (whole or streamed).
+async fn submit(
+    state: &Arc<AppState>,
+    ready: &Ready,
+    ids: Vec<u32>,
+    max_tokens: usize,
+    opts: Options,
+    kind: Kind,
+    echo: Option<String>,
+) -> Result<Response, ApiError> {
+    let id = response_id(state, kind);
+    let p = prepare(
+        state,
+        ready,
+        ids,
+        max_tokens,
+        &opts,
+        kind,
+        echo,
+        &id,
+        "the prompt",
+    )?;
+    enqueue(state, p.job)?;
     if opts.stream {
-        Ok(stream(meta, rx, opts.include_usage))
+        Ok(stream(p.meta, p.rx, opts.include_usage))
     } else {
-        whole(meta, rx).await
+        let f = finished(p.rx).await?;
+        let mut body = p.meta.envelope(false, json!([p.meta.whole_choice(&f, 0)]));
+        body["usage"] = usage(&[&f]);
+        body["timings"] = timings(&f);
+        Ok(axum::Json(body).into_response())
     }
+}
+
+/// Several completion prompts in one request: each is its own job (so they run on parallel
+/// slots, sharing passes), and the answer has one choice per prompt, in order. Every prompt is
+/// checked before any is queued; if the queue cannot take them all, the ones queued are
+/// cancelled and the request gets 503.
+async fn submit_many(
+    state: &Arc<AppState>,
+    ready: &Ready,
+    prompts: Vec<(Vec<u32>, Option<String>)>,
+    max_tokens: usize,
+    opts: Options,
+) -> Result<Response, ApiError> {
+    if prompts.len() > state.queue {
+        return Err(ApiError::bad(format!(
+            "'prompt': {} prompts do not fit in this server's queue of {} (--queue)",
+            prompts.len(),
+            state.queue
+        )));
+    }
+    let id = response_id(state, Kind::Completion);
+    let mut prepared = Vec::with_capacity(prompts.len());
+    for (i, (ids, echo)) in prompts.into_iter().enumerate() {
+        let what = format!("prompt {i}");
+        prepared.push(prepare(
+            state,
+            ready,
+            ids,
+            max_tokens,
+            &opts,
+            Kind::Completion,
+            echo,
+            &id,
+            &what,
+        )?);
+    }
+    let mut waiting = Vec::with_capacity(prepared.len());
+    let mut queued: Vec<Arc<AtomicBool>> = Vec::new();
+    for p in prepared {
+        let cancel = p.job.cancel.clone();
+        if let Err(e) = enqueue(state, p.job) {
+            for c in &queued {
+                c.store(true, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
+        queued.push(cancel);
+        waiting.push((p.meta, p.rx));
+    }
+    let mut choices = Vec::with_capacity(waiting.len());
+    let mut all = Vec::with_capacity(waiting.len());
+    for (i, (meta, rx)) in waiting.into_iter().enumerate() {
+        let f = finished(rx).await?;
+        choices.push(meta.whole_choice(&f, i));
+        all.push(f);
+    }
+    let meta = Meta {
+        id,
+        created: unix_now(),
+        model: state.model_id.clone(),
+        kind: Kind::Completion,
+        tok: ready.engine.tokenizer.clone(),
+        logprobs: false,
+        echo: None,
+    };
+    let mut body = meta.envelope(false, Value::Array(choices));
+    body["usage"] = usage(&all.iter().collect::<Vec<_>>());
+    body["timings"] = all.iter().map(timings).collect();
+    Ok(axum::Json(body).into_response())
 }
 
 struct Meta {
@@ -657,6 +787,21 @@ impl Meta {
         }
     }
 
+    /// A finished job's choice (index `index`) in a whole response.
+    fn whole_choice(&self, f: &Finished, index: usize) -> Value {
+        let text = match &self.echo {
+            Some(p) => format!("{}{}", p.text, f.out.text),
+            None => f.out.text.clone(),
+        };
+        let reason = finish_reason(f.out.finish_reason);
+        let mut c = self.choice(Some(&text), Some(reason), false)[0].take();
+        c["index"] = index.into();
+        if self.logprobs {
+            c["logprobs"] = self.logprobs(f);
+        }
+        c
+    }
+
     /// One streamed token's log-probabilities as a chunk (no text of its own: the text
     /// follows in text chunks, which may lag behind a token).
     fn logprob_chunk(&self, t: &TokenLogprob, offset: usize) -> Value {
@@ -678,13 +823,16 @@ fn finish_reason(r: &str) -> &'static str {
     }
 }
 
-fn usage(f: &Finished) -> Value {
-    let completion = f.out.generated_ids.len();
+/// Token counts, summed over the choices of a response.
+fn usage(fs: &[&Finished]) -> Value {
+    let prompt: usize = fs.iter().map(|f| f.prompt_tokens).sum();
+    let completion: usize = fs.iter().map(|f| f.out.generated_ids.len()).sum();
+    let cached: usize = fs.iter().map(|f| f.cached).sum();
     json!({
-        "prompt_tokens": f.prompt_tokens,
+        "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": f.prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": f.cached},
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 
@@ -693,27 +841,12 @@ fn timings(f: &Finished) -> Value {
     f.out.stats_json()
 }
 
-async fn whole(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+/// Wait for a job's end (its text events are not needed: the result carries the text).
+async fn finished(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Finished, ApiError> {
     loop {
         match rx.recv().await {
             Some(Event::Text(_)) | Some(Event::Token(_)) => {}
-            Some(Event::Done(Ok(f))) => {
-                let text = match &meta.echo {
-                    Some(p) => format!("{}{}", p.text, f.out.text),
-                    None => f.out.text.clone(),
-                };
-                let mut body = meta.envelope(
-                    false,
-                    meta.choice(Some(&text), Some(finish_reason(f.out.finish_reason)), false),
-                );
-                body["usage"] = usage(&f);
-                body["timings"] = timings(&f);
-                if meta.logprobs {
-                    body["choices"][0]["logprobs"] = meta.logprobs(&f);
-                }
-                return Ok(axum::Json(body).into_response());
-            }
-            Some(Event::Done(Err(e))) => return Err(e),
+            Some(Event::Done(r)) => return r,
             None => return Err(ApiError::internal("the engine thread has stopped")),
         }
     }
@@ -748,7 +881,7 @@ fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: boo
                     }
                     if include_usage {
                         let mut u = meta.envelope(true, json!([]));
-                        u["usage"] = usage(&f);
+                        u["usage"] = usage(&[&f]);
                         if tx.send(frame(&u)).await.is_err() {
                             return;
                         }
