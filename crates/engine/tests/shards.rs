@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use verispec::backend::ComputePath;
-use verispec::engine::{Engine, LoadOptions};
+use verispec::engine::{Engine, LoadOptions, Session};
 use verispec::generate::request::{generate, GenRequest, Speculation};
 use verispec::shard::export::{export, ExportOptions, ExportType, LayerSpec};
 use verispec::shard::manifest::Manifest;
@@ -65,6 +65,11 @@ fn load(p: &Path) -> LoadOptions {
 }
 
 fn gen(engine: &Engine, prompt: &str, spec: bool) -> Vec<u32> {
+    let mut s = engine.new_session();
+    gen_on(engine, &mut s, prompt, spec)
+}
+
+fn gen_on(engine: &Engine, s: &mut Session, prompt: &str, spec: bool) -> Vec<u32> {
     let ids = engine.tokenizer.encode(prompt, true, true);
     let req = GenRequest {
         max_tokens: 48,
@@ -77,8 +82,7 @@ fn gen(engine: &Engine, prompt: &str, spec: bool) -> Vec<u32> {
         cancel: None,
         logprobs: None,
     };
-    let mut s = engine.new_session();
-    generate(engine, &mut s, &ids, &req, |_| {})
+    generate(engine, s, &ids, &req, |_| {})
         .unwrap()
         .generated_ids
 }
@@ -132,6 +136,28 @@ fn topologies_are_bit_identical_and_pass_validation() {
                 "{topo:?}: sharded speculative differs"
             );
         }
+        // Both prompts at once on batched sessions (one greedy, one speculative): every shard
+        // runs the shared passes, and each sequence still equals the unsharded model's.
+        let mut sessions = sharded.batched_sessions(2).unwrap();
+        let got: Vec<Vec<u32>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = sessions
+                .iter_mut()
+                .zip(prompts)
+                .enumerate()
+                .map(|(i, (sess, p))| {
+                    let busy = sess.busy();
+                    let sharded = &sharded;
+                    sc.spawn(move || {
+                        let out = gen_on(sharded, sess, p, i == 1);
+                        drop(busy);
+                        out
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got[0], want[0].0, "{topo:?}: batched greedy differs");
+        assert_eq!(got[1], want[1].1, "{topo:?}: batched speculative differs");
         let r = validate_manifest(&m, &vopts(), &mut |_| {}).unwrap();
         assert!(
             r.pass,
