@@ -33,6 +33,12 @@ use crate::EngineError;
 pub const MAX_SLOTS: usize = MAX_BLOCK_ROWS;
 /// How long a pass waits for the next call of a busy session.
 pub const GATHER_WAIT: Duration = Duration::from_millis(5);
+/// A call with at most this many rows left is a step (decode, or a verify block), not a prompt.
+pub const STEP_ROWS: usize = 8;
+/// Prompt rows a pass takes while steps share it (`VERISPEC_PREFILL_ROWS` overrides): a long
+/// prompt then slows the others' steps by a pass of this many extra rows, not of a whole
+/// `MAX_BLOCK_ROWS` block. Alone, a prompt takes whole blocks.
+pub const PREFILL_ROWS_BESIDE_STEPS: usize = 16;
 
 /// The sessions' side of a batch thread.
 pub struct Shared {
@@ -169,6 +175,11 @@ pub fn spawn(
         busy: busy.clone(),
         counters: counters.clone(),
         jobs: Vec::new(),
+        prefill_rows: std::env::var("VERISPEC_PREFILL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PREFILL_ROWS_BESIDE_STEPS)
+            .clamp(1, MAX_BLOCK_ROWS),
     };
     std::thread::Builder::new()
         .name("verispec-batch".into())
@@ -184,6 +195,8 @@ struct Batcher {
     busy: Arc<Vec<AtomicBool>>,
     counters: Arc<Counters>,
     jobs: Vec<Job>,
+    /// `PREFILL_ROWS_BESIDE_STEPS` or its override.
+    prefill_rows: usize,
 }
 
 impl Batcher {
@@ -233,14 +246,11 @@ impl Batcher {
     /// One pass over the pending calls' next rows.
     fn pass(&mut self) {
         self.jobs.sort_by_key(|j| (j.ids.len() - j.done, j.slot));
+        let remaining: Vec<usize> = self.jobs.iter().map(|j| j.ids.len() - j.done).collect();
+        let takes = plan(&remaining, self.prefill_rows);
         let mut seqs = Vec::new();
         let mut ids = Vec::new();
-        let mut left = MAX_BLOCK_ROWS;
-        for j in &self.jobs {
-            if left == 0 {
-                break;
-            }
-            let take = (j.ids.len() - j.done).min(left);
+        for (j, &take) in self.jobs.iter().zip(&takes) {
             let last = j.done + take == j.ids.len();
             seqs.push(SeqRows {
                 slot: j.slot,
@@ -253,7 +263,6 @@ impl Batcher {
                 },
             });
             ids.extend_from_slice(&j.ids[j.done..j.done + take]);
-            left -= take;
         }
         let c = &self.counters;
         c.passes.fetch_add(1, Ordering::Relaxed);
@@ -261,7 +270,7 @@ impl Batcher {
         c.seqs.fetch_add(seqs.len() as u64, Ordering::Relaxed);
         c.max_seqs.fetch_max(seqs.len() as u64, Ordering::Relaxed);
         let t0 = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| self.forward(ids, &seqs)))
+        let result = catch_unwind(AssertUnwindSafe(|| self.forward_rows(ids, &seqs)))
             .unwrap_or_else(|_| Err(EngineError::Backend("a batched pass panicked".into())));
         self.counters
             .pass_ns
@@ -300,7 +309,7 @@ impl Batcher {
         }
     }
 
-    fn forward(&mut self, ids: Vec<u32>, seqs: &[SeqRows]) -> Result<Vec<f32>, EngineError> {
+    fn forward_rows(&mut self, ids: Vec<u32>, seqs: &[SeqRows]) -> Result<Vec<f32>, EngineError> {
         let mut act = Activations::Tokens(ids);
         let n = self.runners.len();
         for (i, r) in self.runners.iter_mut().enumerate() {
@@ -315,5 +324,54 @@ impl Batcher {
             }
         }
         Err(EngineError::Model("the last shard holds no LM head".into()))
+    }
+}
+
+/// Rows each pending call runs in the next pass, for calls sorted by rows left (`remaining`,
+/// ascending): a prefix of them, at most `MAX_BLOCK_ROWS` rows in all. Steps (at most
+/// `STEP_ROWS` left) run whole; prompts share what is left, at most `prefill_rows` of it while
+/// a step is in the pass.
+fn plan(remaining: &[usize], prefill_rows: usize) -> Vec<usize> {
+    let steps = remaining.iter().any(|&r| r <= STEP_ROWS);
+    let mut prompt_left = if steps { prefill_rows } else { MAX_BLOCK_ROWS };
+    let mut left = MAX_BLOCK_ROWS;
+    let mut takes = Vec::new();
+    for &r in remaining {
+        let budget = if r <= STEP_ROWS {
+            left
+        } else {
+            left.min(prompt_left)
+        };
+        if budget == 0 {
+            break;
+        }
+        let take = r.min(budget);
+        if r > STEP_ROWS {
+            prompt_left -= take;
+        }
+        left -= take;
+        takes.push(take);
+    }
+    takes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_take_steps_whole_and_cap_prompts_beside_them() {
+        // A prompt alone takes whole blocks.
+        assert_eq!(plan(&[1000], 16), vec![64]);
+        assert_eq!(plan(&[40, 1000], 16), vec![40, 24]);
+        // Beside steps, prompts share `prefill_rows`.
+        assert_eq!(plan(&[1, 4, 1000], 16), vec![1, 4, 16]);
+        assert_eq!(plan(&[1, 10, 1000], 16), vec![1, 10, 6]);
+        assert_eq!(plan(&[1, 12, 30], 16), vec![1, 12, 4]);
+        // Steps always fit before prompts; the pass never exceeds a block.
+        let many = vec![1; 70];
+        assert_eq!(plan(&many, 16).len(), MAX_BLOCK_ROWS);
+        assert_eq!(plan(&[8, 8, 8, 8, 8, 8, 8, 8, 500], 16), vec![8; 8]);
+        assert_eq!(plan(&[3, 500], 64), vec![3, 61]);
     }
 }
