@@ -1,8 +1,9 @@
 //! verispec: an exact (batch-invariant) inference engine for phi3 / llama GGUF models.
 //!
 //! Data flow:
-//! GGUF → config + tokenizer → shards (weights + KV) → forward → greedy or
-//! speculative loop → tokens → CLI or server.
+//! GGUF → config + tokenizer → shards (weights + KV slots) → forward → greedy or
+//! speculative loop → tokens → CLI or server. Several sequences (server slots) share passes
+//! through a batch thread; each still gets the bits it would alone.
 //!
 //! - `gguf`: container reader (mmap) and writer
 //! - `quant`: block formats, scalar references
@@ -10,6 +11,7 @@
 //! - `model`: config, RoPE, one file per architecture, shards
 //! - `backend`: the op trait and its CPU implementation
 //! - `engine`: loading, sessions (KV state + tokens), LongRoPE re-encoding
+//! - `batch`: the batch thread that merges concurrent sessions' passes
 
 pub mod backend;
 pub mod batch;
