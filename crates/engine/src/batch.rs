@@ -130,6 +130,14 @@ impl Shared {
         }
     }
 
+    /// How many slots are marked busy.
+    pub fn busy_slots(&self) -> usize {
+        self.busy
+            .iter()
+            .filter(|b| b.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// Mark `slot` busy until the guard drops.
     pub fn enter(self: &Arc<Self>, slot: usize) -> BusyGuard {
         self.busy[slot].store(true, Ordering::Release);

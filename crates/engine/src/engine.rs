@@ -482,6 +482,15 @@ impl Session {
         Err(EngineError::Model("the last shard holds no LM head".into()))
     }
 
+    /// How many sequences are generating on this session's passes, this one included: the
+    /// busy slots of its batch (at least 1), or 1 for a session of its own.
+    pub fn generating(&self) -> usize {
+        match &self.exec {
+            Exec::Batched { batch, .. } => batch.busy_slots().max(1),
+            Exec::Local(_) => 1,
+        }
+    }
+
     /// What the batch thread behind a batched session has run; None for a session of its own.
     pub fn batch_stats(&self) -> Option<batch::BatchStats> {
         match &self.exec {

@@ -47,9 +47,11 @@ fn serve(session: &mut Session, req: &Req) -> Trace {
     };
     if req.speculative {
         let mut d = NgramDrafter::new(1, 4).unwrap();
+        // Draft even beside other sequences: verify blocks must share passes here.
         let opts = SpecOptions {
             verify_width: 4,
             adaptive: false,
+            max_batch: usize::MAX,
         };
         speculative(session, &mut d, &req.prompt, req.n, &opts, None, &mut on).unwrap();
     } else {

@@ -77,6 +77,8 @@ fn gen_on(engine: &Engine, s: &mut Session, prompt: &str, spec: bool) -> Vec<u32
         stop: vec![],
         speculative: spec.then(|| Speculation {
             exactness_guard: true,
+            // Draft beside the other batched sequence too, so verify rows share passes.
+            max_batch: usize::MAX,
             ..Default::default()
         }),
         cancel: None,

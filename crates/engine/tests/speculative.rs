@@ -48,6 +48,7 @@ fn spec_ids(
     let opts = SpecOptions {
         verify_width: width,
         adaptive,
+        ..Default::default()
     };
     let (_, st) = speculative(
         &mut s,
@@ -268,6 +269,7 @@ fn smollm2_speculative_full_matrix() {
                             ngram_max: hi,
                             adaptive,
                             exactness_guard: false,
+                            ..Default::default()
                         });
                         let got = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {})
                             .unwrap();

@@ -57,6 +57,7 @@ impl GenArgs {
                 ngram_max: self.ngram_max,
                 adaptive: !self.no_adaptive,
                 exactness_guard: self.exactness_guard,
+                ..Default::default()
             })
         } else {
             if self.exactness_guard {

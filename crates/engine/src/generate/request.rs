@@ -19,6 +19,8 @@ pub struct Speculation {
     pub adaptive: bool,
     /// Recompute every accepted token on a shadow session and abort on any difference.
     pub exactness_guard: bool,
+    /// `SpecOptions::max_batch`.
+    pub max_batch: usize,
 }
 
 impl Default for Speculation {
@@ -29,6 +31,7 @@ impl Default for Speculation {
             ngram_max: 8,
             adaptive: true,
             exactness_guard: false,
+            max_batch: super::speculative::DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -166,6 +169,7 @@ pub fn generate_with(
             let opts = SpecOptions {
                 verify_width: sp.verify_width,
                 adaptive: sp.adaptive,
+                max_batch: sp.max_batch,
             };
             let mut shadow = if sp.exactness_guard {
                 let mut s = engine.new_session();

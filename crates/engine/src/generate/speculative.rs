@@ -21,13 +21,23 @@ pub struct SpecOptions {
     pub verify_width: usize,
     /// Adapt the number of drafts to the measured acceptance and pass cost.
     pub adaptive: bool,
+    /// Draft only while at most this many sequences share the passes (this one included; see
+    /// `Session::generating`); above it, steps are plain greedy steps. Speculation and
+    /// batching spend the same slack (a pass costs little more with more rows), so with other
+    /// sequences in the pass, draft rows mostly slow everyone down (BENCHMARKS.md "Fifth
+    /// session"; vLLM's `speculative_disable_by_batch_size` is the same rule).
+    pub max_batch: usize,
 }
+
+/// See `SpecOptions::max_batch`.
+pub const DEFAULT_MAX_BATCH: usize = 1;
 
 impl Default for SpecOptions {
     fn default() -> Self {
         SpecOptions {
             verify_width: 4,
             adaptive: true,
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -245,7 +255,11 @@ pub fn speculative(
                 available = o - 1 - pos0;
             }
         }
-        let k = ctl.choose(available);
+        let k = if session.generating() > opts.max_batch {
+            0
+        } else {
+            ctl.choose(available)
+        };
         let mut block = Vec::with_capacity(k + 1);
         block.push(last);
         block.extend(drafter.propose(k).into_iter().take(k));
