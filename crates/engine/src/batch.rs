@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::model::rope::{RopeSet, RopeTable};
-use crate::model::{Activations, LogitRows, SeqRows, ShardOutput, ShardRunner, MAX_BLOCK_ROWS};
+use crate::model::{run_pipeline, LogitRows, SeqRows, ShardRunner, MAX_BLOCK_ROWS};
 use crate::EngineError;
 
 /// Most sequences one batch thread holds.
@@ -318,20 +318,10 @@ impl Batcher {
     }
 
     fn forward_rows(&mut self, ids: Vec<u32>, seqs: &[SeqRows]) -> Result<Vec<f32>, EngineError> {
-        let mut act = Activations::Tokens(ids);
-        let n = self.runners.len();
-        for (i, r) in self.runners.iter_mut().enumerate() {
-            match r.forward_batch(&act, seqs, &self.rope)? {
-                ShardOutput::Hidden(h) => act = Activations::Hidden(h),
-                ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
-                ShardOutput::Logits(_) => {
-                    return Err(EngineError::Model(format!(
-                        "shard {i} produced logits but is not the last shard"
-                    )))
-                }
-            }
-        }
-        Err(EngineError::Model("the last shard holds no LM head".into()))
+        let rope = &self.rope;
+        run_pipeline(&mut self.runners, ids, |r, act| {
+            r.forward_batch(act, seqs, rope)
+        })
     }
 }
 

@@ -15,9 +15,7 @@ use crate::gguf::GgufFile;
 use crate::model::config::ModelConfig;
 use crate::model::rope::{RopeSet, RopeTable};
 use crate::model::weights::TensorSource;
-use crate::model::{
-    Activations, LogitRows, Shard, ShardOutput, ShardRunner, ShardSpec, ShardWeights,
-};
+use crate::model::{run_pipeline, LogitRows, Shard, ShardRunner, ShardSpec, ShardWeights};
 use crate::shard::manifest::{parse_device, Device, Manifest};
 use crate::tokenizer::Tokenizer;
 use crate::EngineError;
@@ -466,20 +464,10 @@ impl Session {
                 return batch.run(*slot, ids.to_vec(), pos0, self.set, rows)
             }
         };
-        let mut act = Activations::Tokens(ids.to_vec());
-        let n = shards.len();
-        for (i, shard) in shards.iter_mut().enumerate() {
-            match shard.forward(&act, pos0, self.set, &self.rope, rows)? {
-                ShardOutput::Hidden(h) => act = Activations::Hidden(h),
-                ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
-                ShardOutput::Logits(_) => {
-                    return Err(EngineError::Model(format!(
-                        "shard {i} produced logits but is not the last shard"
-                    )))
-                }
-            }
-        }
-        Err(EngineError::Model("the last shard holds no LM head".into()))
+        let (set, rope) = (self.set, &self.rope);
+        run_pipeline(shards, ids.to_vec(), |s, act| {
+            s.forward(act, pos0, set, rope, rows)
+        })
     }
 
     /// How many sequences are generating on this session's passes, this one included: the

@@ -7,24 +7,12 @@ mod common;
 
 use std::thread;
 
+use common::fixture;
 use verispec::backend::ComputePath;
-use verispec::engine::{Engine, LoadOptions, Session};
+use verispec::engine::{Engine, Session};
 use verispec::generate::ngram::NgramDrafter;
 use verispec::generate::speculative::{speculative, SpecOptions};
 use verispec::generate::{greedy, Flow};
-
-fn fixture(case: &str, path: ComputePath) -> Engine {
-    let p = common::workspace().join(format!("testdata/fixtures/{case}.gguf"));
-    Engine::load(
-        &p,
-        LoadOptions {
-            path,
-            threads: 2,
-            n_ctx: Some(256),
-        },
-    )
-    .unwrap()
-}
 
 /// A request: the cached prefix to keep, the tokens to add, and how to decode.
 #[derive(Clone)]

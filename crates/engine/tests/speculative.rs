@@ -3,24 +3,12 @@
 
 mod common;
 
+use common::fixture;
 use verispec::backend::ComputePath;
 use verispec::engine::{Engine, LoadOptions};
 use verispec::generate::ngram::NgramDrafter;
 use verispec::generate::speculative::{speculative, SpecOptions};
 use verispec::generate::{greedy, Flow};
-
-fn fixture(case: &str, path: ComputePath) -> Engine {
-    let p = common::workspace().join(format!("testdata/fixtures/{case}.gguf"));
-    Engine::load(
-        &p,
-        LoadOptions {
-            path,
-            threads: 2,
-            n_ctx: Some(256),
-        },
-    )
-    .unwrap()
-}
 
 fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut out = Vec::new();

@@ -581,7 +581,8 @@ async fn submit(
     if opts.stream {
         Ok(stream(p.meta, p.rx, opts.include_usage))
     } else {
-        let f = finished(p.rx).await?;
+        let mut rx = p.rx;
+        let f = finished(&mut rx).await?;
         let mut body = p.meta.envelope(false, json!([p.meta.whole_choice(&f, 0)]));
         body["usage"] = usage(&[&f]);
         body["timings"] = timings(&f);
@@ -638,20 +639,13 @@ async fn submit_many(
     }
     let mut choices = Vec::with_capacity(waiting.len());
     let mut all = Vec::with_capacity(waiting.len());
-    for (i, (meta, rx)) in waiting.into_iter().enumerate() {
+    for (i, (meta, rx)) in waiting.iter_mut().enumerate() {
         let f = finished(rx).await?;
         choices.push(meta.whole_choice(&f, i));
         all.push(f);
     }
-    let meta = Meta {
-        id,
-        created: unix_now(),
-        model: state.model_id.clone(),
-        kind: Kind::Completion,
-        tok: ready.engine.tokenizer.clone(),
-        logprobs: false,
-        echo: None,
-    };
+    // Every prompt's Meta carries the same id, time, model and kind: the envelope is shared.
+    let meta = &waiting[0].0;
     let mut body = meta.envelope(false, Value::Array(choices));
     body["usage"] = usage(&all.iter().collect::<Vec<_>>());
     body["timings"] = all.iter().map(timings).collect();
@@ -842,7 +836,7 @@ fn timings(f: &Finished) -> Value {
 }
 
 /// Wait for a job's end (its text events are not needed: the result carries the text).
-async fn finished(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Finished, ApiError> {
+async fn finished(rx: &mut mpsc::UnboundedReceiver<Event>) -> Result<Finished, ApiError> {
     loop {
         match rx.recv().await {
             Some(Event::Text(_)) | Some(Event::Token(_)) => {}

@@ -165,6 +165,29 @@ pub enum ShardOutput {
     Logits(Vec<f32>),
 }
 
+/// Run `ids` through a pipeline of shards, each handing its hidden state to the next, with
+/// `pass` running one shard; returns the last shard's logits.
+pub fn run_pipeline(
+    shards: &mut [Box<dyn ShardRunner>],
+    ids: Vec<u32>,
+    mut pass: impl FnMut(&mut dyn ShardRunner, &Activations) -> Result<ShardOutput, EngineError>,
+) -> Result<Vec<f32>, EngineError> {
+    let mut act = Activations::Tokens(ids);
+    let n = shards.len();
+    for (i, shard) in shards.iter_mut().enumerate() {
+        match pass(shard.as_mut(), &act)? {
+            ShardOutput::Hidden(h) => act = Activations::Hidden(h),
+            ShardOutput::Logits(l) if i + 1 == n => return Ok(l),
+            ShardOutput::Logits(_) => {
+                return Err(EngineError::Model(format!(
+                    "shard {i} produced logits but is not the last shard"
+                )))
+            }
+        }
+    }
+    Err(EngineError::Model("the last shard holds no LM head".into()))
+}
+
 /// One sequence's rows in a pass: `n_rows` rows at positions [pos0, pos0 + n_rows) of the
 /// sequence held in KV slot `slot`, and which of them need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,8 +454,13 @@ impl<B: Backend> Shard<B> {
         while r0 < n_total {
             let n = (n_total - r0).min(MAX_BLOCK_ROWS);
             let block = match input {
-                Activations::Tokens(ids) => Activations::Tokens(ids[r0..r0 + n].to_vec()),
-                Activations::Hidden(h) => Activations::Hidden(h[r0 * d..(r0 + n) * d].to_vec()),
+                _ if n == n_total => std::borrow::Cow::Borrowed(input),
+                Activations::Tokens(ids) => {
+                    std::borrow::Cow::Owned(Activations::Tokens(ids[r0..r0 + n].to_vec()))
+                }
+                Activations::Hidden(h) => {
+                    std::borrow::Cow::Owned(Activations::Hidden(h[r0 * d..(r0 + n) * d].to_vec()))
+                }
             };
             let rows = match logits {
                 LogitRows::Last if r0 + n < n_total => LogitRows::None,

@@ -7,6 +7,17 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A tiny fixture model (testdata/fixtures/{case}.gguf), 2 threads, a context of 256.
+pub fn fixture(case: &str, path: verispec::backend::ComputePath) -> verispec::engine::Engine {
+    let p = workspace().join(format!("testdata/fixtures/{case}.gguf"));
+    let opts = verispec::engine::LoadOptions {
+        path,
+        threads: 2,
+        n_ctx: Some(256),
+    };
+    verispec::engine::Engine::load(&p, opts).unwrap()
+}
+
 /// The real SmolLM2 model, if fetched. Without it the test is skipped, unless
 /// VERISPEC_REQUIRE_MODELS=1 (CI), where a missing model fails the test.
 pub fn smollm2() -> Option<PathBuf> {
