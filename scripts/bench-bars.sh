@@ -4,9 +4,10 @@
 #
 #   scripts/bench-bars.sh LLAMA_CPP_DIR [ROUNDS]
 #
-# LLAMA_CPP_DIR holds two builds of llama.cpp 0c1e57098 made outside this repo: build/
-# (the default GGML_NATIVE=ON, AMX on this machine) and build-noamx/ (GGML_NATIVE=OFF; its
-# prefill works where the AMX build's dies with SIGILL). Models: $SMOL (default
+# LLAMA_CPP_DIR holds builds of llama.cpp 0c1e57098 made outside this repo: build/ (the
+# default GGML_NATIVE=ON) and, on an Intel machine with AMX, build-noamx/ (GGML_NATIVE=OFF; its
+# prefill works where the AMX build's dies with SIGILL). Without build-noamx/ (an AMD machine)
+# the noamx lines are skipped and prefill is measured on build/. Models: $SMOL (default
 # models/SmolLM2-135M-Instruct.Q4_1.gguf), $Q8 and $QK (synth phi4-mini q8_0 / q4_k_m).
 set -euo pipefail
 P=${1:?usage: scripts/bench-bars.sh LLAMA_CPP_DIR [ROUNDS]}
@@ -15,6 +16,10 @@ SMOL=${SMOL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 Q8=${Q8:-/work/models-big/phi4-mini.q8_0.gguf}
 QK=${QK:-/work/models-big/phi4-mini.q4_k_m.gguf}
 V=target/release/verispec
+NOAMX="$P/build-noamx/bin/llama-bench"
+PP="$NOAMX"
+[ -x "$NOAMX" ] || PP="$P/build/bin/llama-bench"
+noamx() { if [ -x "$NOAMX" ]; then echo "$1 $(lb "$NOAMX" "${@:2}")"; fi; }
 lb() { "$@" -o csv 2>/dev/null | tail -1 | awk -F, '{gsub(/"/,"",$(NF-1)); print $(NF-1)}'; }
 vs() {
   "$V" bench "$@" --no-bandwidth --json 2>/dev/null | python3 -c \
@@ -24,12 +29,12 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r smol native $(lb "$P/build/bin/llama-bench" -m "$SMOL" -t 2 -p 0 -n 128 -r 3)"
   echo "round $r smol verispec $(vs --threads 2 -n 128 --model "$SMOL" --prompt-tokens 1)"
   echo "round $r q8 native $(lb "$P/build/bin/llama-bench" -m "$Q8" -t 2 -p 0 -n 32 -r 1)"
-  echo "round $r q8 noamx $(lb "$P/build-noamx/bin/llama-bench" -m "$Q8" -t 2 -p 0 -n 32 -r 1)"
+  noamx "round $r q8 noamx" -m "$Q8" -t 2 -p 0 -n 32 -r 1
   echo "round $r q8 verispec $(vs --model "$Q8" --threads 2 --prompt-tokens 8 -n 32 --repeats 1)"
-  echo "round $r q8 pp128 noamx $(lb "$P/build-noamx/bin/llama-bench" -m "$Q8" -t 2 -p 128 -n 0 -r 1)"
+  echo "round $r q8 pp128 peer $(lb "$PP" -m "$Q8" -t 2 -p 128 -n 0 -r 1)"
   echo "round $r q8 pp128 verispec $(vs --model "$Q8" --threads 2 --prompt-tokens 128 -n 1 --repeats 1)"
   echo "round $r qk native $(lb "$P/build/bin/llama-bench" -m "$QK" -t 2 -p 0 -n 32 -r 1)"
-  echo "round $r qk noamx $(lb "$P/build-noamx/bin/llama-bench" -m "$QK" -t 2 -p 0 -n 32 -r 1)"
+  noamx "round $r qk noamx" -m "$QK" -t 2 -p 0 -n 32 -r 1
   echo "round $r qk verispec $(vs --model "$QK" --threads 2 --prompt-tokens 8 -n 32 --repeats 1)"
 done
 for s in code_edit open code_edit open; do

@@ -5,7 +5,8 @@
 //! cargo run --release -p verispec-engine --example kernel_bench -- --quick # Phi-4-mini 3072->3072 only
 //! options: --formats q8_0,q4_0,q4_1,q4_K,q6_K  --paths avx2,avx512vnni,scalar
 //!          --shapes phi|smol|micro|all  --reps N  --rot-mib N  --hot
-//!          --prefetch 0,1024,2048 (software-prefetch distances to compare, bytes)
+//!          --prefetch 0,1024,2048 (software-prefetch distances to compare, bytes; default:
+//!          the CPU's tuning, per layout)
 //! ```
 //!
 //! GB/s is weight bytes streamed per second (the packed matrix is as large as the GGUF
@@ -22,7 +23,6 @@ use std::time::Instant;
 
 use verispec::backend::cpu::kernels::{
     matmul_par, rows_per_task, set_prefetch_distance, KernelPath, PackedMatrix, QuantizedActs,
-    DEFAULT_PREFETCH,
 };
 use verispec::gguf::GgmlType;
 
@@ -214,7 +214,7 @@ fn parse() -> Opts {
         hot: args.iter().any(|a| a == "--hot"),
         prefetch: get("--prefetch")
             .map(|s| s.split(',').map(|v| v.parse().unwrap()).collect())
-            .unwrap_or_else(|| vec![DEFAULT_PREFETCH]),
+            .unwrap_or_else(|| vec![usize::MAX]),
     }
 }
 
@@ -288,6 +288,7 @@ fn main() {
             for &path in &o.paths {
                 for (pi, pool) in pools.iter().enumerate() {
                     for &pf in &o.prefetch {
+                        // usize::MAX: the machine's own per-layout distances.
                         set_prefetch_distance(pf);
                         let pname = if o.prefetch.len() > 1 {
                             format!("{} pf{pf}", path.name())

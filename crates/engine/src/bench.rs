@@ -49,6 +49,9 @@ pub struct ShardBench {
 pub struct BenchReport {
     pub model: String,
     pub threads: usize,
+    /// The CPU kernel path and its speed knobs, e.g. `avx512vnni (amd: prefetch 0, tiles 1,
+    /// streams 4)`.
+    pub kernel: String,
     pub prompt_tokens: usize,
     pub n_decode: usize,
     pub repeats: usize,
@@ -258,6 +261,11 @@ pub fn bench(engine: &Engine, opts: &BenchOptions) -> Result<BenchReport, Engine
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         threads: engine.options.threads,
+        kernel: format!(
+            "{} ({})",
+            crate::backend::cpu::kernels::KernelPath::detect().name(),
+            crate::backend::cpu::kernels::Tuning::get().describe()
+        ),
         prompt_tokens: p,
         n_decode: opts.n_decode,
         repeats: opts.repeats.max(1),

@@ -64,6 +64,7 @@ pub fn run(a: Args) -> CliResult {
     }
     println!("model            {}", r.model);
     println!("threads          {}", r.threads);
+    println!("kernel           {}", r.kernel);
     println!(
         "prefill pp{:<5}  {:.1} tok/s (min {:.1}, max {:.1})",
         r.prompt_tokens, r.prefill_tok_s.median, r.prefill_tok_s.min, r.prefill_tok_s.max

@@ -56,13 +56,6 @@ pub struct CpuVector(pub Vec<f32>);
 
 impl CpuBackend {
     pub fn new(path: ComputePath, threads: usize) -> Result<CpuBackend, EngineError> {
-        // Tuning knob for benchmarks (results never depend on it).
-        if let Some(b) = std::env::var("VERISPEC_PREFETCH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            kernels::set_prefetch_distance(b);
-        }
         let pool = pool::Pool::new(threads)?;
         Ok(CpuBackend {
             path,

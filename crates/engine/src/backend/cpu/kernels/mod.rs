@@ -66,11 +66,127 @@ pub const QK: usize = 32;
 pub const GROUP: usize = 16;
 /// Activation rows handled per pass over a weight row; more rows re-read the weight row from L1.
 pub const TILE: usize = 4;
-/// Default software-prefetch distance of the x86 kernels, in bytes of weights.
-pub const DEFAULT_PREFETCH: usize = 2048;
+/// Which CPU family the kernels' speed knobs ([`Tuning`]) were chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuVendor {
+    Intel,
+    Amd,
+    Other,
+}
 
-/// Sets the software-prefetch distance of the x86 kernels (bytes ahead of the weights being
-/// multiplied; 0 disables). A tuning knob for benchmarks; results do not depend on it.
+impl CpuVendor {
+    /// From the CPUID vendor string (`Other` off x86).
+    pub fn detect() -> CpuVendor {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let r = std::arch::x86_64::__cpuid(0);
+            let mut v = [0u8; 12];
+            v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+            v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+            v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+            match &v {
+                b"GenuineIntel" => return CpuVendor::Intel,
+                b"AuthenticAMD" => return CpuVendor::Amd,
+                _ => {}
+            }
+        }
+        CpuVendor::Other
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuVendor::Intel => "intel",
+            CpuVendor::Amd => "amd",
+            CpuVendor::Other => "other",
+        }
+    }
+}
+
+/// The kernels' speed knobs. None of them changes a single bit of any result (every layout,
+/// stream count and prefetch distance runs the canonical order); they only decide how the
+/// weights are walked, which the hardware prefetchers of Intel and AMD cores reward
+/// differently (docs/KERNELS.md, "Tuning per CPU").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    pub vendor: CpuVendor,
+    /// Software-prefetch distance of the x86 tiled kernels, in bytes of weights (0: off).
+    pub prefetch_tiles: usize,
+    /// The same for the rows-layout kernels (K-quants, and every format without AVX-512).
+    pub prefetch_rows: usize,
+    /// Tiles a tiled matmul reads in lockstep (1, 2, 3, 4 or 8).
+    pub multi_tiles: usize,
+    /// Weight streams of a rows-layout matmul with one activation row (1..=8).
+    pub row_streams: usize,
+}
+
+impl Tuning {
+    /// The measured defaults of a CPU family.
+    /// - Intel (Sapphire Rapids, the first development machine): prefetching 2 KiB ahead and
+    ///   four tiles in lockstep gave +8-13% decode (V15).
+    /// - AMD (Zen 4, a later development machine): its prefetchers stream tiled weights
+    ///   alone (prefetching cost Phi-4-mini q8_0 decode a quarter of its speed) and serve one
+    ///   stream per thread best (lockstep tiles slowed verify and prefill passes; four row
+    ///   streams cost q4_k_m decode a third), while the rows kernels still gain from
+    ///   prefetching (V19).
+    pub fn defaults(vendor: CpuVendor) -> Tuning {
+        match vendor {
+            CpuVendor::Amd => Tuning {
+                vendor,
+                prefetch_tiles: 0,
+                prefetch_rows: 2048,
+                multi_tiles: 1,
+                row_streams: 1,
+            },
+            CpuVendor::Intel | CpuVendor::Other => Tuning {
+                vendor,
+                prefetch_tiles: 2048,
+                prefetch_rows: 2048,
+                multi_tiles: 4,
+                row_streams: 4,
+            },
+        }
+    }
+
+    /// This machine's tuning, decided once: the vendor's defaults, each overridden by its
+    /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes, for
+    /// both layouts,
+    /// `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
+    pub fn get() -> Tuning {
+        static T: OnceLock<Tuning> = OnceLock::new();
+        *T.get_or_init(|| {
+            let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+            let mut t = Tuning::defaults(CpuVendor::detect());
+            if let Some(b) = var("VERISPEC_PREFETCH").filter(|&b| b <= 1 << 20) {
+                (t.prefetch_tiles, t.prefetch_rows) = (b, b);
+            }
+            if let Some(n) = var("VERISPEC_MULTI_TILES").filter(|n| [1, 2, 3, 4, 8].contains(n)) {
+                t.multi_tiles = n;
+            }
+            if let Some(n) = var("VERISPEC_ROW_STREAMS").filter(|n| (1..=MAX_STREAMS).contains(n)) {
+                t.row_streams = n;
+            }
+            t
+        })
+    }
+
+    /// One line for reports: `amd: prefetch 0/2048, tiles 1, streams 1` (prefetch: tiled /
+    /// rows kernels).
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: prefetch {}/{}, tiles {}, streams {}",
+            self.vendor.name(),
+            self.prefetch_tiles,
+            self.prefetch_rows,
+            self.multi_tiles,
+            self.row_streams
+        )
+    }
+}
+
+/// Sets the software-prefetch distance of the x86 kernels, both layouts (bytes ahead of the
+/// weights being multiplied; 0 disables), overriding [`Tuning::get`]'s. A knob for
+/// benchmarks; results do not depend on it.
+/// `usize::MAX` restores the tuning's own distances.
 pub fn set_prefetch_distance(bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     x86::PREFETCH_AHEAD.store(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -484,17 +600,9 @@ unsafe fn run_rows(
 
 const MAX_STREAMS: usize = 8;
 
-/// Weight streams of a rows-layout matmul with one activation row (default 4;
-/// `VERISPEC_ROW_STREAMS`, read once, 1..=8, is a tuning knob: results never depend on it).
+/// Weight streams of a rows-layout matmul with one activation row ([`Tuning`]).
 fn row_streams() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("VERISPEC_ROW_STREAMS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| (1..=MAX_STREAMS).contains(n))
-            .unwrap_or(4)
-    })
+    Tuning::get().row_streams
 }
 
 /// [`run_rows`] for a [`Layout::Tiles16`] matrix; `rows` must start and end on tile
@@ -582,19 +690,25 @@ unsafe fn tile_group<const MT: usize>(
 /// Matrices at least this large read several tiles in lockstep for any number of rows.
 const MULTI_TILE_MIN_BYTES: usize = 4 << 20;
 
-/// How many tiles a tiled matmul reads in lockstep (default 4; `VERISPEC_MULTI_TILES`, read
-/// once, one of 1, 2, 3, 4, 8, is a tuning knob: results never depend on it). One weight stream
-/// per thread leaves read bandwidth unused on the development machine; four concurrent streams
-/// give +8-13% decode (docs/KERNELS.md V15).
+/// How many tiles a tiled matmul reads in lockstep ([`Tuning`]): several concurrent weight
+/// streams per thread gave +8-13% decode on the first development machine (V15).
 fn multi_tiles() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("VERISPEC_MULTI_TILES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| [1, 2, 3, 4, 8].contains(n))
-            .unwrap_or(4)
-    })
+    match MULTI_TILES.load(Ordering::Relaxed) {
+        0 => Tuning::get().multi_tiles,
+        n => n,
+    }
+}
+
+/// [`set_multi_tiles`]'s value; 0: not set.
+static MULTI_TILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets how many tiles a tiled matmul reads in lockstep (1, 2, 3, 4 or 8; 0 restores
+/// [`Tuning::get`]'s), for benchmarks and for tests that cover every lockstep width whatever
+/// the machine's default. Results do not depend on it.
+pub fn set_multi_tiles(n: usize) {
+    if [0, 1, 2, 3, 4, 8].contains(&n) {
+        MULTI_TILES.store(n, Ordering::Relaxed);
+    }
 }
 
 /// `out[t][o] = dot(w[o], x[t])` for `t < n_rows`, on this thread, with the detected path.

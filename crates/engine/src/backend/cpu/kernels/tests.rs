@@ -644,13 +644,16 @@ fn every_output_is_written_with_the_row_dot() {
                             scalar::row_dot(pw.format(), pw.row(0), n_in, x.row(t)).to_bits();
                     }
                 }
-                for w in &mats {
+                for (w, mt) in mats.iter().flat_map(|w| [1, 2, 3, 4, 8].map(|mt| (w, mt))) {
+                    // The lockstep width of the tiled layout (the machine's default may be
+                    // any of them); the rows layout ignores it.
+                    set_multi_tiles(mt);
                     for &p in &KernelPath::available() {
                         let got = bits(&run(p, w, &x, n_rows));
                         assert_eq!(
                             got,
                             want,
-                            "{ty} [{n_out}] T {n_rows} {:?} {}",
+                            "{ty} [{n_out}] T {n_rows} {:?} {} tiles {mt}",
                             w.layout(),
                             p.name()
                         );
@@ -661,11 +664,12 @@ fn every_output_is_written_with_the_row_dot() {
                         assert_eq!(
                             bits(&out),
                             want,
-                            "{ty} [{n_out}] T {n_rows} {:?} pool",
+                            "{ty} [{n_out}] T {n_rows} {:?} pool tiles {mt}",
                             w.layout()
                         );
                     }
                 }
+                set_multi_tiles(0);
             }
         }
     }

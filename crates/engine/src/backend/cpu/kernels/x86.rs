@@ -130,8 +130,27 @@ unsafe fn tree16(acc: __m512) -> f32 {
 
 /// How far ahead of the group being multiplied the weights are prefetched (bytes; 0 = off).
 /// The hardware prefetcher alone leaves the loads exposed (compute and memory time add up
-/// instead of overlapping); see docs/KERNELS.md. Read once per kernel call.
-pub(super) static PREFETCH_AHEAD: AtomicUsize = AtomicUsize::new(super::DEFAULT_PREFETCH);
+/// instead of overlapping) on Intel cores; see docs/KERNELS.md. `usize::MAX`: not set, use
+/// [`super::Tuning`]'s. Read once per kernel call.
+pub(super) static PREFETCH_AHEAD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The prefetch distance for a rows-layout kernel call.
+#[inline(always)]
+fn prefetch_ahead() -> usize {
+    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX => super::Tuning::get().prefetch_rows,
+        b => b,
+    }
+}
+
+/// The prefetch distance for a tiled kernel call.
+#[inline(always)]
+fn prefetch_ahead_tiles() -> usize {
+    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX => super::Tuning::get().prefetch_tiles,
+        b => b,
+    }
+}
 
 /// Prefetches the `len` bytes `ahead` bytes after `p` (one hint per cache line).
 #[inline(always)]
@@ -288,7 +307,7 @@ macro_rules! finish512 {
 unsafe fn q8_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let x80 = _mm512_set1_epi8(0x80u8 as i8);
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
@@ -366,7 +385,7 @@ unsafe fn nibble_dots512<const NT: usize>(
 unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -397,7 +416,7 @@ unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
 unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -458,7 +477,7 @@ unsafe fn q4k_params512(wp: *const u8, s: usize) -> (__m512, __m512) {
 unsafe fn q4k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -502,7 +521,7 @@ unsafe fn q6_high512(h: __m512i, s: usize) -> __m512i {
 unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let m0f = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
@@ -618,7 +637,7 @@ macro_rules! tile512 {
             out: [*mut f32; MT],
             stride: usize,
         ) {
-            let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+            let pf = prefetch_ahead_tiles();
             let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
             let mut b0 = 0;
             while b0 < nb {
@@ -911,7 +930,7 @@ macro_rules! finish256 {
 unsafe fn q8_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [[_mm256_setzero_ps(); 2]; NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -979,7 +998,7 @@ unsafe fn nibble_dots256<const NT: usize>(
 unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [[_mm256_setzero_ps(); 2]; NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -1007,7 +1026,7 @@ unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
 unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [[_mm256_setzero_ps(); 2]; NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -1046,7 +1065,7 @@ unsafe fn u8x8_ps(v: [u8; 8]) -> __m256 {
 unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let mut acc = [[_mm256_setzero_ps(); 2]; NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -1094,7 +1113,7 @@ unsafe fn q6_high256(h: __m256i, s: usize) -> __m256i {
 unsafe fn q6k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
-        let pf = PREFETCH_AHEAD.load(Ordering::Relaxed);
+        let pf = prefetch_ahead();
         let m0f = _mm256_set1_epi8(0x0f);
         let mut acc = [[_mm256_setzero_ps(); 2]; NT];
         let (mut b0, mut wp) = (0, w);
