@@ -531,8 +531,9 @@ unsafe fn run_rows(
     // activation row (decode) the range is instead cut into `streams` parts visited
     // round-robin, one row of each in turn, so that several weight streams are in flight: the
     // hardware prefetchers serve four streams faster than one (V15).
-    let (streams, block) = match n_rows {
-        1 => (row_streams(), 1),
+    // With one stream, whole blocks of rows per kernel call (fewer calls, same order).
+    let (streams, block) = match (n_rows, row_streams()) {
+        (1, s) if s > 1 => (s, 1),
         _ => (1, ROW_BLOCK),
     };
     let n = rows.end - rows.start;
