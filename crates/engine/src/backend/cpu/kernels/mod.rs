@@ -105,7 +105,7 @@ impl CpuVendor {
 /// The kernels' speed knobs. None of them changes a single bit of any result (every layout,
 /// stream count and prefetch distance runs the canonical order); they only decide how the
 /// weights are walked, which the hardware prefetchers of Intel and AMD cores reward
-/// differently (docs/KERNELS.md, "Tuning per CPU").
+/// differently (docs/KERNELS.md: the knobs table, and V19).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
     pub vendor: CpuVendor,
@@ -148,9 +148,8 @@ impl Tuning {
     }
 
     /// This machine's tuning, decided once: the vendor's defaults, each overridden by its
-    /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes, for
-    /// both layouts,
-    /// `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
+    /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes for both
+    /// layouts, `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
     pub fn get() -> Tuning {
         static T: OnceLock<Tuning> = OnceLock::new();
         *T.get_or_init(|| {

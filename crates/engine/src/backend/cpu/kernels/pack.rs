@@ -175,16 +175,23 @@ pub(crate) fn f16_at(b: &[u8], off: usize) -> f32 {
 /// ggml's `get_scale_min_k4` for all 8 sub-blocks at once: (scales, mins), 6 bits each.
 #[inline(always)]
 pub(crate) fn k4_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let u0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let u1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
-    let u2 = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let u = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (sc, m) = k4_unpack(u(0), u(4), u(8));
+    (sc.to_le_bytes(), m.to_le_bytes())
+}
+
+/// [`k4_scales_mins`] on the 12 packed bytes read as three little-endian `u32`: the 8 scales
+/// and the 8 mins, one per byte of each `u64` (sub-block 0 lowest).
+#[inline(always)]
+pub(crate) fn k4_unpack(u0: u32, u1: u32, u2: u32) -> (u64, u64) {
     let sc_lo = u0 & 0x3f3f_3f3f;
     let m_lo = u1 & 0x3f3f_3f3f;
     let sc_hi = (u2 & 0x0f0f_0f0f) | ((u0 >> 2) & 0x3030_3030);
     let m_hi = ((u2 >> 4) & 0x0f0f_0f0f) | ((u1 >> 2) & 0x3030_3030);
-    let sc = ((sc_hi as u64) << 32 | sc_lo as u64).to_le_bytes();
-    let m = ((m_hi as u64) << 32 | m_lo as u64).to_le_bytes();
-    (sc, m)
+    (
+        (sc_hi as u64) << 32 | sc_lo as u64,
+        (m_hi as u64) << 32 | m_lo as u64,
+    )
 }
 
 impl PackedMatrix {

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::pack::{f16_at, k4_scales_mins};
+use super::pack::{f16_at, k4_scales_mins, k4_unpack};
 use super::{QuantizedActs, WeightFormat, GROUP, QK};
 
 /// Pointers to the rows `t0..t0+NT` of the activations.
@@ -470,17 +470,8 @@ unsafe fn f16_per_superblock(p: *const u8, s: usize) -> __m512 {
 /// 6-bit values ([`k4_scales_mins`] without slices).
 #[inline(always)]
 unsafe fn k4_scales_mins_u64(p: *const u8) -> (u64, u64) {
-    let u0 = std::ptr::read_unaligned(p as *const u32);
-    let u1 = std::ptr::read_unaligned(p.add(4) as *const u32);
-    let u2 = std::ptr::read_unaligned(p.add(8) as *const u32);
-    let sc_lo = u0 & 0x3f3f_3f3f;
-    let m_lo = u1 & 0x3f3f_3f3f;
-    let sc_hi = (u2 & 0x0f0f_0f0f) | ((u0 >> 2) & 0x3030_3030);
-    let m_hi = ((u2 >> 4) & 0x0f0f_0f0f) | ((u1 >> 2) & 0x3030_3030);
-    (
-        (sc_hi as u64) << 32 | sc_lo as u64,
-        (m_hi as u64) << 32 | m_lo as u64,
-    )
+    let u = |i: usize| u32::from_le(std::ptr::read_unaligned(p.add(i) as *const u32));
+    k4_unpack(u(0), u(4), u(8))
 }
 
 /// Q4_K per-lane `(d * sc, dmin * m)` for a group of `s` (1 or 2) super-blocks. Everything in
