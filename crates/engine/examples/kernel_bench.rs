@@ -4,7 +4,7 @@
 //! cargo run --release -p verispec-engine --example kernel_bench            # everything
 //! cargo run --release -p verispec-engine --example kernel_bench -- --quick # Phi-4-mini 3072->3072 only
 //! options: --formats q8_0,q4_0,q4_1,q4_K,q6_K  --paths avx2,avx512vnni,scalar
-//!          --shapes phi|smol|micro|all  --reps N  --rot-mib N  --hot
+//!          --shapes phi|smol|micro|head|all  --reps N  --rot-mib N  --hot
 //!          --prefetch 0,1024,2048 (software-prefetch distances to compare, bytes; default:
 //!          the CPU's tuning, per layout)
 //! ```
@@ -200,6 +200,8 @@ fn parse() -> Opts {
             Some("smol") => smol,
             // L2-resident: with --hot, the compute ceiling of a kernel.
             Some("micro") => vec![("micro 3072->256", 3072, 256)],
+            // The tied LM head of Phi-4-mini (0.5-0.8 GB: one copy per repetition).
+            Some("head") => vec![("phi4-mini head 3072->200064", 3072, 200064)],
             _ => [phi, smol].concat(),
         }
     };

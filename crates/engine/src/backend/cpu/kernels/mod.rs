@@ -111,6 +111,9 @@ pub struct Tuning {
     pub vendor: CpuVendor,
     /// Software-prefetch distance of the x86 tiled kernels, in bytes of weights (0: off).
     pub prefetch_tiles: usize,
+    /// The same for K-quant (Q4_K, Q6_K) tiled kernel calls with several activation rows
+    /// (verify and prefill passes), which do several times the arithmetic per weight byte.
+    pub prefetch_k_batch: usize,
     /// The same for the rows-layout kernels (K-quants, and every format without AVX-512).
     pub prefetch_rows: usize,
     /// Tiles a tiled matmul reads in lockstep (1, 2, 3, 4 or 8).
@@ -127,12 +130,15 @@ impl Tuning {
     ///   alone (prefetching cost Phi-4-mini q8_0 decode a quarter of its speed) and serve one
     ///   stream per thread best (lockstep tiles slowed verify and prefill passes; four row
     ///   streams cost q4_k_m decode a third), while the rows kernels still gain from
-    ///   prefetching (V19).
+    ///   prefetching (V19), and so do the K-quant tiled kernels with several activation rows:
+    ///   at T=4 Q4_K / Q6_K tiles ran 1.1-1.4x their T=1 time with 2 KiB prefetch, 1.9-3.2x
+    ///   without (V20; Q8_0 tiles at T=4 did not gain, and q8_0 prefill lost ~10%).
     pub fn defaults(vendor: CpuVendor) -> Tuning {
         match vendor {
             CpuVendor::Amd => Tuning {
                 vendor,
                 prefetch_tiles: 0,
+                prefetch_k_batch: 2048,
                 prefetch_rows: 2048,
                 multi_tiles: 1,
                 row_streams: 1,
@@ -140,6 +146,7 @@ impl Tuning {
             CpuVendor::Intel | CpuVendor::Other => Tuning {
                 vendor,
                 prefetch_tiles: 2048,
+                prefetch_k_batch: 2048,
                 prefetch_rows: 2048,
                 multi_tiles: 4,
                 row_streams: 4,
@@ -148,15 +155,19 @@ impl Tuning {
     }
 
     /// This machine's tuning, decided once: the vendor's defaults, each overridden by its
-    /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes for both
-    /// layouts, `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
+    /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes for every
+    /// kernel, then `VERISPEC_PREFETCH_BATCH` for K-quant tiled calls with several activation rows,
+    /// `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
     pub fn get() -> Tuning {
         static T: OnceLock<Tuning> = OnceLock::new();
         *T.get_or_init(|| {
             let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
             let mut t = Tuning::defaults(CpuVendor::detect());
             if let Some(b) = var("VERISPEC_PREFETCH").filter(|&b| b <= 1 << 20) {
-                (t.prefetch_tiles, t.prefetch_rows) = (b, b);
+                (t.prefetch_tiles, t.prefetch_k_batch, t.prefetch_rows) = (b, b, b);
+            }
+            if let Some(b) = var("VERISPEC_PREFETCH_BATCH").filter(|&b| b <= 1 << 20) {
+                t.prefetch_k_batch = b;
             }
             if let Some(n) = var("VERISPEC_MULTI_TILES").filter(|n| [1, 2, 3, 4, 8].contains(n)) {
                 t.multi_tiles = n;
@@ -168,13 +179,14 @@ impl Tuning {
         })
     }
 
-    /// One line for reports: `amd: prefetch 0/2048, tiles 1, streams 1` (prefetch: tiled /
-    /// rows kernels).
+    /// One line for reports: `amd: prefetch 0/2048/2048, tiles 1, streams 1` (prefetch: tiled
+    /// kernels / K-quant tiled kernels with several activation rows / rows-layout kernels).
     pub fn describe(&self) -> String {
         format!(
-            "{}: prefetch {}/{}, tiles {}, streams {}",
+            "{}: prefetch {}/{}/{}, tiles {}, streams {}",
             self.vendor.name(),
             self.prefetch_tiles,
+            self.prefetch_k_batch,
             self.prefetch_rows,
             self.multi_tiles,
             self.row_streams

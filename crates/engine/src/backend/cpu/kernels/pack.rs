@@ -20,7 +20,7 @@
 //! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
 //! the scales of elements 0..16 / 16..32 of block `i`.
 //!
-//! **Row tiles** (`Layout::Tiles16`, Q8_0 / Q4_0 / Q4_1 when `n_out % 16 == 0` and the
+//! **Row tiles** (`Layout::Tiles16`, every native format when `n_out % 16 == 0` and the
 //! AVX-512 VNNI kernels run): rows `16 i .. 16 i + 16` form tile `i`, stored contiguously
 //! (`16 * row_bytes` bytes). Inside a tile, block `b` of all 16 rows is one record; lane `r`
 //! of every section is row `16 i + r`, so one `vpdpbusd` against a broadcast activation
@@ -32,6 +32,18 @@
 //! | Q8_0 | `d: [f16; 16]`, 8 granules of 64 bytes: granule `k` = elements `4k..4k+4` of each row, stored as `q + 128` (u8) | 544 |
 //! | Q4_0 | `d: [f16; 16]`, 4 nibble granules of 64 bytes: granule `p` = GGUF quant bytes `4p..4p+4` of each row | 288 |
 //! | Q4_1 | `d: [f16; 16]`, `m: [f16; 16]`, 4 nibble granules | 320 |
+//!
+//! The K-quants have one record per super-block `s` (256 elements, sub-blocks `j` = 0..8 are
+//! blocks `8 s + j`):
+//!
+//! | format | record of super-block `s` (16 rows) | bytes |
+//! |--------|-------------------------------------|-------|
+//! | Q4_K | `d: [f16; 16]`, `dmin: [f16; 16]`, 3 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 12 packed scale bytes), then per sub-block `j` 4 nibble granules (256 bytes) | 2304 |
+//! | Q6_K | `d: [f16; 16]`, then per sub-block `j` (416 bytes): `sc_lo: [i8; 16]`, `sc_hi: [i8; 16]`, 4 nibble granules (low 4 bits, 256 bytes), 2 high-bit granules (128 bytes) | 3360 |
+//!
+//! K-quant nibble and high-bit granules are those of the rows layout with lane = row: nibble
+//! granule `p` holds elements `4p + e` (low) and `16 + 4p + e` (high) of the sub-block; Q6_K
+//! high-bit granule `h`, bits `2s..2s+2` of byte `e` = bits 4..6 of element `16h + 4s + e`.
 //!
 //! The packed matrix is exactly as large as the GGUF tensor (for the native formats; a
 //! converted F32/F16/BF16/... tensor becomes Q8_0 at 34 bytes per 32 values): the
@@ -116,15 +128,11 @@ pub const TILE_ROWS: usize = 16;
 
 impl Layout {
     /// Whether `fmt` can be stored as `self` with `n_out` rows.
-    pub fn supports(self, fmt: WeightFormat, n_out: usize) -> bool {
+    /// (Every native format has a tiled form; `fmt` is for formats that may not.)
+    pub fn supports(self, _fmt: WeightFormat, n_out: usize) -> bool {
         match self {
             Layout::Rows => true,
-            Layout::Tiles16 => {
-                matches!(
-                    fmt,
-                    WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1
-                ) && n_out.is_multiple_of(TILE_ROWS)
-            }
+            Layout::Tiles16 => n_out.is_multiple_of(TILE_ROWS),
         }
     }
 
@@ -604,12 +612,152 @@ fn tile_record(fmt: WeightFormat) -> (usize, usize) {
         WeightFormat::Q8_0 => (34 * TILE_ROWS, 32),
         WeightFormat::Q4_0 => (18 * TILE_ROWS, 32),
         WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
-        WeightFormat::Q4K | WeightFormat::Q6K => unreachable!("not a tiled format"),
+        WeightFormat::Q4K | WeightFormat::Q6K => {
+            unreachable!("K-quant tiles have super-block records")
+        }
     }
 }
 
+/// Nibble byte `e` of granule `p` of a 32-element sub-block `q` (values < 16).
+#[inline(always)]
+fn nibble_byte(q: &[u8], p: usize, e: usize) -> u8 {
+    (q[4 * p + e] & 0x0f) | ((q[16 + 4 * p + e] & 0x0f) << 4)
+}
+
+/// Q4_K row `src` (GGUF super-blocks) as row `r` of a tile.
+fn q4k_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
+    let mut q = [0u8; 256];
+    for (s, blk) in src.chunks_exact(144).enumerate() {
+        let d = &mut dst[s * Q4K_TILE_SB..(s + 1) * Q4K_TILE_SB];
+        d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+        d[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+        for k in 0..3 {
+            d[64 + 64 * k + 4 * r..68 + 64 * k + 4 * r].copy_from_slice(&blk[4 + 4 * k..8 + 4 * k]);
+        }
+        unpack_q4k(blk, &mut q);
+        for j in 0..8 {
+            let qb = &q[32 * j..32 * j + 32];
+            for p in 0..4 {
+                for e in 0..4 {
+                    d[256 + 256 * j + 64 * p + 4 * r + e] = nibble_byte(qb, p, e);
+                }
+            }
+        }
+    }
+}
+
+/// Row `r` of a Q4_K tile back as GGUF super-blocks.
+fn q4k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
+    for (s, blk) in dst.chunks_exact_mut(144).enumerate() {
+        let t = &src[s * Q4K_TILE_SB..(s + 1) * Q4K_TILE_SB];
+        blk[0..2].copy_from_slice(&t[2 * r..2 * r + 2]);
+        blk[2..4].copy_from_slice(&t[32 + 2 * r..34 + 2 * r]);
+        for k in 0..3 {
+            blk[4 + 4 * k..8 + 4 * k].copy_from_slice(&t[64 + 64 * k + 4 * r..68 + 64 * k + 4 * r]);
+        }
+        let mut q = [0u8; 256];
+        for j in 0..8 {
+            for p in 0..4 {
+                for e in 0..4 {
+                    let v = t[256 + 256 * j + 64 * p + 4 * r + e];
+                    q[32 * j + 4 * p + e] = v & 0x0f;
+                    q[32 * j + 16 + 4 * p + e] = v >> 4;
+                }
+            }
+        }
+        // GGUF: byte `l` of chunk `c` holds element `64c + l` (low) and `64c + 32 + l` (high).
+        for c in 0..4 {
+            for l in 0..32 {
+                blk[16 + 32 * c + l] = q[64 * c + l] | (q[64 * c + 32 + l] << 4);
+            }
+        }
+    }
+}
+
+/// Q6_K row `src` (GGUF super-blocks) as row `r` of a tile.
+fn q6k_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
+    let mut q = [0u8; 256];
+    for (s, blk) in src.chunks_exact(210).enumerate() {
+        let d = &mut dst[s * Q6K_TILE_SB..(s + 1) * Q6K_TILE_SB];
+        d[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+        unpack_q6k(blk, &mut q);
+        for j in 0..8 {
+            d[32 + Q6K_TILE_SUB * j + r] = blk[192 + 2 * j];
+            d[48 + Q6K_TILE_SUB * j + r] = blk[193 + 2 * j];
+            let qb = &q[32 * j..32 * j + 32];
+            for p in 0..4 {
+                for e in 0..4 {
+                    d[64 + Q6K_TILE_SUB * j + 64 * p + 4 * r + e] = nibble_byte(qb, p, e);
+                }
+            }
+            for h in 0..2 {
+                for e in 0..4 {
+                    let mut byte = 0u8;
+                    for s2 in 0..4 {
+                        byte |= (qb[16 * h + 4 * s2 + e] >> 4) << (2 * s2);
+                    }
+                    d[320 + Q6K_TILE_SUB * j + 64 * h + 4 * r + e] = byte;
+                }
+            }
+        }
+    }
+}
+
+/// Row `r` of a Q6_K tile back as GGUF super-blocks.
+fn q6k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
+    for (s, blk) in dst.chunks_exact_mut(210).enumerate() {
+        let t = &src[s * Q6K_TILE_SB..(s + 1) * Q6K_TILE_SB];
+        blk[208..210].copy_from_slice(&t[2 * r..2 * r + 2]);
+        let mut q = [0u8; 256];
+        for j in 0..8 {
+            blk[192 + 2 * j] = t[32 + Q6K_TILE_SUB * j + r];
+            blk[193 + 2 * j] = t[48 + Q6K_TILE_SUB * j + r];
+            for p in 0..4 {
+                for e in 0..4 {
+                    let v = t[64 + Q6K_TILE_SUB * j + 64 * p + 4 * r + e];
+                    q[32 * j + 4 * p + e] = v & 0x0f;
+                    q[32 * j + 16 + 4 * p + e] = v >> 4;
+                }
+            }
+            for h in 0..2 {
+                for e in 0..4 {
+                    let byte = t[320 + Q6K_TILE_SUB * j + 64 * h + 4 * r + e];
+                    for s2 in 0..4 {
+                        q[32 * j + 16 * h + 4 * s2 + e] |= ((byte >> (2 * s2)) & 3) << 4;
+                    }
+                }
+            }
+        }
+        // The inverse of `unpack_q6k`.
+        blk[..192].fill(0);
+        for h in 0..2 {
+            for s2 in 0..4 {
+                for l in 0..32 {
+                    let v = q[128 * h + 32 * s2 + l];
+                    blk[64 * h + 32 * (s2 & 1) + l] |= (v & 0x0f) << (4 * (s2 >> 1));
+                    blk[128 + 32 * h + l] |= (v >> 4) << (2 * s2);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of one super-block record of a Q4_K tile.
+pub(crate) const Q4K_TILE_SB: usize = 144 * TILE_ROWS;
+/// Bytes of one super-block record of a Q6_K tile.
+pub(crate) const Q6K_TILE_SB: usize = 210 * TILE_ROWS;
+/// Bytes of one sub-block of a Q6_K tile record (after its 32 bytes of `d`). The kernel reads
+/// a record front to back: the scales, low bits and high bits of a sub-block sit together
+/// (three separate sections of the record, read in turn, ran at half the bandwidth).
+pub(crate) const Q6K_TILE_SUB: usize = 416;
+
 /// Writes GGUF row `src` as row `r` of a tile (`dst` = the tile's bytes).
 fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    match fmt {
+        WeightFormat::Q4K => return q4k_tile_put_row(src, dst, r),
+        WeightFormat::Q6K => return q6k_tile_put_row(src, dst, r),
+        _ => {}
+    }
     let ts = fmt.ggml_type().type_size();
     let (rec, q0) = tile_record(fmt);
     for (b, blk) in src.chunks_exact(ts).enumerate() {
@@ -642,6 +790,11 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
 
 /// Reads row `r` of a tile back as a GGUF row (the inverse of [`tile_put_row`]).
 fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    match fmt {
+        WeightFormat::Q4K => return q4k_tile_get_row(src, dst, r),
+        WeightFormat::Q6K => return q6k_tile_get_row(src, dst, r),
+        _ => {}
+    }
     let ts = fmt.ggml_type().type_size();
     let (rec, q0) = tile_record(fmt);
     for (b, blk) in dst.chunks_exact_mut(ts).enumerate() {

@@ -515,10 +515,6 @@ fn round_half_away_matches_f32_round() {
     }
 }
 
-fn tiled_types() -> [GgmlType; 3] {
-    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1]
-}
-
 fn both_layouts(ty: GgmlType, data: &[u8], n_out: usize, n_in: usize) -> [PackedMatrix; 2] {
     let rows = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Rows).unwrap();
     let tiles = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Tiles16).unwrap();
@@ -529,7 +525,7 @@ fn both_layouts(ty: GgmlType, data: &[u8], n_out: usize, n_in: usize) -> [Packed
 
 #[test]
 fn tiles_hold_the_gguf_values() {
-    for ty in tiled_types() {
+    for ty in native_types() {
         for n_in in widths(ty) {
             let n_out = 32;
             let data = gen_tensor(ty, n_out, n_in, 29 + n_in as u64);
@@ -553,7 +549,7 @@ fn tiles_hold_the_gguf_values() {
 /// Tiles give the bits of rows (the canonical order), on every path and for T = 1..8.
 #[test]
 fn tiles_match_rows_bitwise_on_every_path() {
-    for ty in tiled_types() {
+    for ty in native_types() {
         for n_in in widths(ty) {
             let n_out = 48;
             let data = gen_tensor(ty, n_out, n_in, 31 + n_in as u64);
@@ -579,8 +575,9 @@ fn tiles_match_rows_bitwise_on_every_path() {
 fn tiles_batch_and_thread_invariance() {
     let pool1 = Pool::new(1).unwrap();
     let pool2 = Pool::new(2).unwrap();
-    for ty in tiled_types() {
-        let (n_in, n_out) = (576, 160);
+    for ty in native_types() {
+        let n_in = if ty.block_size() == 256 { 768 } else { 576 };
+        let n_out = 160;
         let [_, w] = both_layouts(ty, &gen_tensor(ty, n_out, n_in, 41), n_out, n_in);
         let xs = gen_acts(8, n_in, 43);
         let singles: Vec<Vec<u32>> = (0..8)
@@ -620,7 +617,7 @@ fn every_output_is_written_with_the_row_dot() {
             let data = gen_tensor(ty, n_out, n_in, 53 + n_out as u64);
             let mut mats =
                 vec![PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Rows).unwrap()];
-            if tiled_types().contains(&ty) && n_out % TILE_ROWS == 0 {
+            if n_out % TILE_ROWS == 0 {
                 mats.push(
                     PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Tiles16)
                         .unwrap(),
@@ -726,7 +723,12 @@ fn simd_activation_quantizer_matches_scalar() {
 #[test]
 fn large_tiled_matrices_match_the_row_dot_for_every_t() {
     let pool = Pool::new(2).unwrap();
-    for (ty, n_out, n_in) in [(GgmlType::Q8_0, 2048, 2048), (GgmlType::Q4_1, 2064, 4096)] {
+    for (ty, n_out, n_in) in [
+        (GgmlType::Q8_0, 2048, 2048),
+        (GgmlType::Q4_1, 2064, 4096),
+        (GgmlType::Q4K, 2048, 4096),
+        (GgmlType::Q6K, 2064, 3072),
+    ] {
         let data = gen_tensor(ty, n_out, n_in, 61);
         let w = PackedMatrix::from_ggml_layout(ty, &data, n_out, n_in, Layout::Tiles16).unwrap();
         assert!(

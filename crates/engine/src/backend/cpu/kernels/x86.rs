@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::pack::{f16_at, k4_scales_mins, k4_unpack};
+use super::pack::{f16_at, k4_scales_mins, k4_unpack, Q4K_TILE_SB, Q6K_TILE_SB, Q6K_TILE_SUB};
 use super::{QuantizedActs, WeightFormat, GROUP, QK};
 
 /// Pointers to the rows `t0..t0+NT` of the activations.
@@ -147,6 +147,16 @@ fn prefetch_ahead() -> usize {
 #[inline(always)]
 fn prefetch_ahead_tiles() -> usize {
     match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX => super::Tuning::get().prefetch_tiles,
+        b => b,
+    }
+}
+
+/// The prefetch distance for a K-quant tiled kernel call with `nt` activation rows.
+#[inline(always)]
+fn prefetch_ahead_ktiles(nt: usize) -> usize {
+    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX if nt > 1 => super::Tuning::get().prefetch_k_batch,
         usize::MAX => super::Tuning::get().prefetch_tiles,
         b => b,
     }
@@ -826,6 +836,169 @@ tile512!(
     q4_1_tile_update
 );
 
+/// Shuffle control that moves byte `k` of every 32-bit lane to its low byte, zeroing the rest.
+#[inline(always)]
+unsafe fn byte_of_lanes(k: i32) -> __m512i {
+    let z = 0x8080_8000u32 as i32;
+    _mm512_set4_epi32(z | (12 + k), z | (8 + k), z | (4 + k), z | k)
+}
+
+/// Per-row `(d * sc, dmin * m)` of the 8 sub-blocks of a Q4_K tile super-block record (the
+/// vector form of [`k4_unpack`], lane = row).
+#[inline(always)]
+unsafe fn q4k_tile_params(rec: *const u8, a: &mut [__m512; 8], bm: &mut [__m512; 8]) {
+    let d = _mm512_cvtph_ps(_mm256_loadu_si256(rec as *const __m256i));
+    let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32) as *const __m256i));
+    let u0 = _mm512_loadu_si512(rec.add(64) as *const _);
+    let u1 = _mm512_loadu_si512(rec.add(128) as *const _);
+    let u2 = _mm512_loadu_si512(rec.add(192) as *const _);
+    let m3f = _mm512_set1_epi32(0x3f3f_3f3f);
+    let m0f = _mm512_set1_epi32(0x0f0f_0f0f);
+    let m30 = _mm512_set1_epi32(0x3030_3030);
+    let sc = [
+        _mm512_and_si512(u0, m3f),
+        _mm512_or_si512(
+            _mm512_and_si512(u2, m0f),
+            _mm512_and_si512(_mm512_srli_epi32::<2>(u0), m30),
+        ),
+    ];
+    let mn = [
+        _mm512_and_si512(u1, m3f),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(u2), m0f),
+            _mm512_and_si512(_mm512_srli_epi32::<2>(u1), m30),
+        ),
+    ];
+    for j in 0..8 {
+        let sel = byte_of_lanes((j % 4) as i32);
+        let s = _mm512_cvtepi32_ps(_mm512_shuffle_epi8(sc[j / 4], sel));
+        let m = _mm512_cvtepi32_ps(_mm512_shuffle_epi8(mn[j / 4], sel));
+        a[j] = _mm512_mul_ps(d, s);
+        bm[j] = _mm512_mul_ps(dmin, m);
+    }
+}
+
+/// Q4_K tiles (super-block records, see `pack.rs`) in block lockstep against `NT` activation
+/// rows: per block `((d sc) dx) isum - ((dmin m) dx) xsum`, the rows kernel's values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let pf = prefetch_ahead_ktiles(NT);
+    let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
+    let mut a = [[_mm512_setzero_ps(); 8]; MT];
+    let mut bm = [[_mm512_setzero_ps(); 8]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * Q4K_TILE_SB);
+                if j % 8 == 0 {
+                    prefetch(sb, pf, 256);
+                    q4k_tile_params(sb, &mut a[m], &mut bm[m]);
+                }
+                prefetch(sb.add(256 + 256 * (j % 8)), pf, 256);
+                let (lo, hi) = q4_tile_nibbles(sb.add(256 + 256 * (j % 8)));
+                for t in 0..NT {
+                    let mut s0 = _mm512_setzero_si512();
+                    let mut s1 = _mm512_setzero_si512();
+                    for p in 0..4 {
+                        s0 = _mm512_dpbusd_epi32(s0, lo[p], xbcast(x.q[t], nb, b, p));
+                        s1 = _mm512_dpbusd_epi32(s1, hi[p], xbcast(x.q[t], nb, b, p + 4));
+                    }
+                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    let dx = _mm512_set1_ps(*x.d[t].add(b));
+                    let xs = _mm512_set1_ps(*x.s[t].add(b) as f32);
+                    let v = _mm512_sub_ps(
+                        _mm512_mul_ps(_mm512_mul_ps(a[m][j % 8], dx), isum),
+                        _mm512_mul_ps(_mm512_mul_ps(bm[m][j % 8], dx), xs),
+                    );
+                    acc[m][t][j] = _mm512_add_ps(acc[m][t][j], v);
+                }
+            }
+        });
+        b0 += g;
+    }
+    for m in 0..MT {
+        for t in 0..NT {
+            _mm512_storeu_ps(out[m].add(t * stride), tree_tile(&acc[m][t]));
+        }
+    }
+}
+
+/// Q6_K tiles in block lockstep against `NT` activation rows: per block
+/// `(d dx) (sc_lo (dp_lo - 32 xsum_lo) + sc_hi (dp_hi - 32 xsum_hi))`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let pf = prefetch_ahead_ktiles(NT);
+    let m0f = _mm512_set1_epi8(0x0f);
+    let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            let jj = j % 8;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * Q6K_TILE_SB);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                let sub = sb.add(32 + Q6K_TILE_SUB * jj);
+                prefetch(sub, pf, Q6K_TILE_SUB);
+                let sc_lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(sub as *const _));
+                let sc_hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(sub.add(16) as *const _));
+                let nib = sub.add(32);
+                let hb = sub.add(288);
+                let h0 = _mm512_loadu_si512(hb as *const _);
+                let h1 = _mm512_loadu_si512(hb.add(64) as *const _);
+                let mut q = [_mm512_setzero_si512(); 8];
+                for p in 0..4 {
+                    let n = _mm512_loadu_si512(nib.add(64 * p) as *const _);
+                    q[p] = _mm512_or_si512(_mm512_and_si512(n, m0f), q6_high512(h0, p));
+                    q[p + 4] = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f),
+                        q6_high512(h1, p),
+                    );
+                }
+                for t in 0..NT {
+                    let mut lo = _mm512_setzero_si512();
+                    let mut hi = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        lo = _mm512_dpbusd_epi32(lo, q[k], xbcast(x.q[t], nb, b, k));
+                        hi = _mm512_dpbusd_epi32(hi, q[k + 4], xbcast(x.q[t], nb, b, k + 4));
+                    }
+                    lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(*x.lo[t].add(b) << 5));
+                    hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(*x.hi[t].add(b) << 5));
+                    let is = _mm512_add_epi32(
+                        _mm512_mullo_epi32(sc_lo, lo),
+                        _mm512_mullo_epi32(sc_hi, hi),
+                    );
+                    let dx = _mm512_set1_ps(*x.d[t].add(b));
+                    let v = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(is));
+                    acc[m][t][j] = _mm512_add_ps(acc[m][t][j], v);
+                }
+            }
+        });
+        b0 += g;
+    }
+    for m in 0..MT {
+        for t in 0..NT {
+            _mm512_storeu_ps(out[m].add(t * stride), tree_tile(&acc[m][t]));
+        }
+    }
+}
+
 /// AVX-512 VNNI over `MT` tiles (`MT = 1`: one) read in block lockstep, for
 /// activation rows `t0..t0+nt`; writes `out[m][t * stride + r]` for `r < 16`.
 ///
@@ -858,7 +1031,8 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
         WeightFormat::Q8_0 => go!(q8_0_tile512),
         WeightFormat::Q4_0 => go!(q4_0_tile512),
         WeightFormat::Q4_1 => go!(q4_1_tile512),
-        WeightFormat::Q4K | WeightFormat::Q6K => unreachable!("K-quants are never tiled"),
+        WeightFormat::Q4K => go!(q4k_tile512),
+        WeightFormat::Q6K => go!(q6k_tile512),
     }
 }
 
