@@ -899,7 +899,7 @@ unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
             let b = b0 + j;
             for m in 0..MT {
                 let sb = w[m].add(b / 8 * Q4K_TILE_SB);
-                if j % 8 == 0 {
+                if j.is_multiple_of(8) {
                     prefetch(sb, pf, 256);
                     q4k_tile_params(sb, &mut a[m], &mut bm[m]);
                 }
