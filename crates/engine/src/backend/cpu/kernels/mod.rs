@@ -111,9 +111,14 @@ pub struct Tuning {
     pub vendor: CpuVendor,
     /// Software-prefetch distance of the x86 tiled kernels, in bytes of weights (0: off).
     pub prefetch_tiles: usize,
-    /// The same for K-quant (Q4_K, Q6_K) tiled kernel calls with several activation rows
-    /// (verify and prefill passes), which do several times the arithmetic per weight byte.
-    pub prefetch_k_batch: usize,
+    /// The same for the K-quant (Q4_K, Q6_K) tiled kernels, which do more work per weight
+    /// byte than Q8_0 / Q4 tiles.
+    pub prefetch_ktiles: usize,
+    /// The same for tiled kernel calls with several activation rows (verify and prefill
+    /// passes), which do several times the arithmetic per weight byte.
+    pub prefetch_tiles_batch: usize,
+    /// Whether the tiled kernels prefetch into L2 (`prefetcht1`) rather than L1.
+    pub prefetch_l2: bool,
     /// The same for the rows-layout kernels (K-quants, and every format without AVX-512).
     pub prefetch_rows: usize,
     /// Tiles a tiled matmul reads in lockstep (1, 2, 3, 4 or 8).
@@ -138,7 +143,9 @@ impl Tuning {
             CpuVendor::Amd => Tuning {
                 vendor,
                 prefetch_tiles: 0,
-                prefetch_k_batch: 2048,
+                prefetch_ktiles: 8192,
+                prefetch_tiles_batch: 8192,
+                prefetch_l2: true,
                 prefetch_rows: 2048,
                 multi_tiles: 1,
                 row_streams: 1,
@@ -146,7 +153,9 @@ impl Tuning {
             CpuVendor::Intel | CpuVendor::Other => Tuning {
                 vendor,
                 prefetch_tiles: 2048,
-                prefetch_k_batch: 2048,
+                prefetch_ktiles: 2048,
+                prefetch_tiles_batch: 2048,
+                prefetch_l2: false,
                 prefetch_rows: 2048,
                 multi_tiles: 4,
                 row_streams: 4,
@@ -156,7 +165,9 @@ impl Tuning {
 
     /// This machine's tuning, decided once: the vendor's defaults, each overridden by its
     /// environment variable when that holds a valid value (`VERISPEC_PREFETCH` bytes for every
-    /// kernel, then `VERISPEC_PREFETCH_BATCH` for K-quant tiled calls with several activation rows,
+    /// kernel, then `VERISPEC_PREFETCH_K` for K-quant tiles with one activation row and
+    /// `VERISPEC_PREFETCH_BATCH` for tiled calls with several,
+    /// `VERISPEC_PREFETCH_L2` 0 or 1,
     /// `VERISPEC_MULTI_TILES` one of 1, 2, 3, 4, 8, `VERISPEC_ROW_STREAMS` 1..=8).
     pub fn get() -> Tuning {
         static T: OnceLock<Tuning> = OnceLock::new();
@@ -164,10 +175,19 @@ impl Tuning {
             let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
             let mut t = Tuning::defaults(CpuVendor::detect());
             if let Some(b) = var("VERISPEC_PREFETCH").filter(|&b| b <= 1 << 20) {
-                (t.prefetch_tiles, t.prefetch_k_batch, t.prefetch_rows) = (b, b, b);
+                t.prefetch_tiles = b;
+                t.prefetch_ktiles = b;
+                t.prefetch_tiles_batch = b;
+                t.prefetch_rows = b;
+            }
+            if let Some(b) = var("VERISPEC_PREFETCH_K").filter(|&b| b <= 1 << 20) {
+                t.prefetch_ktiles = b;
             }
             if let Some(b) = var("VERISPEC_PREFETCH_BATCH").filter(|&b| b <= 1 << 20) {
-                t.prefetch_k_batch = b;
+                t.prefetch_tiles_batch = b;
+            }
+            if let Some(b) = var("VERISPEC_PREFETCH_L2").filter(|&b| b <= 1) {
+                t.prefetch_l2 = b == 1;
             }
             if let Some(n) = var("VERISPEC_MULTI_TILES").filter(|n| [1, 2, 3, 4, 8].contains(n)) {
                 t.multi_tiles = n;
@@ -179,14 +199,17 @@ impl Tuning {
         })
     }
 
-    /// One line for reports: `amd: prefetch 0/2048/2048, tiles 1, streams 1` (prefetch: tiled
-    /// kernels / K-quant tiled kernels with several activation rows / rows-layout kernels).
+    /// One line for reports: `amd: prefetch 0/8192/8192 L2, rows 2048, tiles 1, streams 1`
+    /// (prefetch: Q8_0 / Q4 tiles and K-quant tiles with one activation row, any tiles with
+    /// several, and their target cache; rows-layout kernels).
     pub fn describe(&self) -> String {
         format!(
-            "{}: prefetch {}/{}/{}, tiles {}, streams {}",
+            "{}: prefetch {}/{}/{} {}, rows {}, tiles {}, streams {}",
             self.vendor.name(),
             self.prefetch_tiles,
-            self.prefetch_k_batch,
+            self.prefetch_ktiles,
+            self.prefetch_tiles_batch,
+            if self.prefetch_l2 { "L2" } else { "L1" },
             self.prefetch_rows,
             self.multi_tiles,
             self.row_streams

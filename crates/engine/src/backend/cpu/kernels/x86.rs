@@ -134,44 +134,55 @@ unsafe fn tree16(acc: __m512) -> f32 {
 /// [`super::Tuning`]'s. Read once per kernel call.
 pub(super) static PREFETCH_AHEAD: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// The prefetch distance for a rows-layout kernel call.
+/// A kernel call's software prefetch: distance in bytes (0: off) and target cache.
+#[derive(Clone, Copy)]
+struct Pf {
+    ahead: usize,
+    /// `prefetcht1` (into L2) rather than `prefetcht0` (into L1).
+    l2: bool,
+}
+
+/// The prefetch of a rows-layout kernel call.
 #[inline(always)]
-fn prefetch_ahead() -> usize {
-    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+fn prefetch_ahead() -> Pf {
+    let ahead = match PREFETCH_AHEAD.load(Ordering::Relaxed) {
         usize::MAX => super::Tuning::get().prefetch_rows,
         b => b,
-    }
+    };
+    Pf { ahead, l2: false }
 }
 
-/// The prefetch distance for a tiled kernel call.
+/// The prefetch of a tiled kernel call with `nt` activation rows (`k`: a K-quant).
 #[inline(always)]
-fn prefetch_ahead_tiles() -> usize {
-    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
-        usize::MAX => super::Tuning::get().prefetch_tiles,
+fn prefetch_ahead_tiles(nt: usize, k: bool) -> Pf {
+    let t = super::Tuning::get();
+    let ahead = match PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX if nt > 1 => t.prefetch_tiles_batch,
+        usize::MAX if k => t.prefetch_ktiles,
+        usize::MAX => t.prefetch_tiles,
         b => b,
+    };
+    Pf {
+        ahead,
+        l2: t.prefetch_l2,
     }
 }
 
-/// The prefetch distance for a K-quant tiled kernel call with `nt` activation rows.
+/// Prefetches the `len` bytes `pf.ahead` bytes after `p` (one hint per cache line).
 #[inline(always)]
-fn prefetch_ahead_ktiles(nt: usize) -> usize {
-    match PREFETCH_AHEAD.load(Ordering::Relaxed) {
-        usize::MAX if nt > 1 => super::Tuning::get().prefetch_k_batch,
-        usize::MAX => super::Tuning::get().prefetch_tiles,
-        b => b,
-    }
-}
-
-/// Prefetches the `len` bytes `ahead` bytes after `p` (one hint per cache line).
-#[inline(always)]
-unsafe fn prefetch(p: *const u8, ahead: usize, len: usize) {
-    if ahead == 0 {
+unsafe fn prefetch(p: *const u8, pf: Pf, len: usize) {
+    if pf.ahead == 0 {
         return;
     }
-    let start = p.wrapping_add(ahead);
+    let start = p.wrapping_add(pf.ahead);
     let mut off = 0;
     while off < len {
-        _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(off) as *const i8);
+        let a = start.wrapping_add(off) as *const i8;
+        if pf.l2 {
+            _mm_prefetch::<_MM_HINT_T1>(a);
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(a);
+        }
         off += 64;
     }
 }
@@ -672,7 +683,7 @@ macro_rules! tile512 {
             out: [*mut f32; MT],
             stride: usize,
         ) {
-            let pf = prefetch_ahead_tiles();
+            let pf = prefetch_ahead_tiles(NT, false);
             let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
             let mut b0 = 0;
             while b0 < nb {
@@ -888,7 +899,7 @@ unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
     out: [*mut f32; MT],
     stride: usize,
 ) {
-    let pf = prefetch_ahead_ktiles(NT);
+    let pf = prefetch_ahead_tiles(NT, true);
     let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
     let mut a = [[_mm512_setzero_ps(); 8]; MT];
     let mut bm = [[_mm512_setzero_ps(); 8]; MT];
@@ -942,7 +953,7 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
     out: [*mut f32; MT],
     stride: usize,
 ) {
-    let pf = prefetch_ahead_ktiles(NT);
+    let pf = prefetch_ahead_tiles(NT, true);
     let m0f = _mm512_set1_epi8(0x0f);
     let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
     let mut b0 = 0;
