@@ -1,5 +1,7 @@
 //! Tiny fixtures (testdata/fixtures): our f32 reference path against transformers' logits.
 
+mod common;
+
 use std::path::PathBuf;
 
 use verispec::backend::ComputePath;
@@ -160,25 +162,12 @@ fn reference_block_equals_sequential_bitwise() {
                 n_ctx: None,
             };
             let engine = Engine::load(&testdata().join(format!("{case}.gguf")), opts).unwrap();
-            let (prefix, block) = (30, 4);
-            let mut a = engine.new_session();
-            a.forward(&input[..prefix], LogitRows::Last).unwrap();
-            let blk = a
-                .forward(&input[prefix..prefix + block], LogitRows::All)
-                .unwrap();
-            let mut b = engine.new_session();
-            b.forward(&input[..prefix], LogitRows::Last).unwrap();
-            let mut seq = Vec::new();
-            for t in prefix..prefix + block {
-                seq.extend(b.forward(&input[t..t + 1], LogitRows::Last).unwrap());
-            }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let r = common::block_vs_steps(&engine, &input, 30, 4);
             assert_eq!(
-                bits(&blk),
-                bits(&seq),
+                r.block_logits, r.step_logits,
                 "{case}: block != sequential ({threads} threads)"
             );
-            runs.push(bits(&blk));
+            runs.push(r.block_logits);
         }
         assert_eq!(runs[0], runs[1], "{case}: 1 thread != 2 threads");
     }
@@ -237,29 +226,13 @@ fn fast_block_equals_sequential_bitwise() {
             let mut all = Vec::new();
             // Blocks never straddle the LongRoPE switch at 64 (the verifier cuts them there).
             for (prefix, block) in [(20, 2), (30, 4), (56, 8), (59, 5), (70, 8)] {
-                let mut a = engine.new_session();
-                a.forward(&input[..prefix], LogitRows::None).unwrap();
-                let blk = a
-                    .forward(&input[prefix..prefix + block], LogitRows::All)
-                    .unwrap();
-                let mut b = engine.new_session();
-                b.forward(&input[..prefix], LogitRows::None).unwrap();
-                let mut seq = Vec::new();
-                for t in prefix..prefix + block {
-                    seq.extend(b.forward(&input[t..t + 1], LogitRows::Last).unwrap());
-                }
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let r = common::block_vs_steps(&engine, &input, prefix, block);
                 assert_eq!(
-                    bits(&blk),
-                    bits(&seq),
+                    r.block_logits, r.step_logits,
                     "{case}: T={block} at {prefix}, {threads} threads"
                 );
-                assert_eq!(
-                    a.kv_bits(),
-                    b.kv_bits(),
-                    "{case}: KV rows differ, T={block}"
-                );
-                all.extend(bits(&blk));
+                assert_eq!(r.block_kv, r.step_kv, "{case}: KV rows differ, T={block}");
+                all.extend(r.block_logits);
             }
             per_threads.push(all);
         }

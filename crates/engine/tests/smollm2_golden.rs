@@ -198,27 +198,16 @@ fn smollm2_fast_block_equals_sequential_bitwise() {
         let engine = Engine::load(&model, opts).unwrap();
         let mut all = Vec::new();
         for (prefix, block) in [(10, 2), (17, 4), (30, 8), (41, 3)] {
-            let mut a = engine.new_session();
-            a.forward(&ids[..prefix], LogitRows::None).unwrap();
-            let blk = a
-                .forward(&ids[prefix..prefix + block], LogitRows::All)
-                .unwrap();
-            let mut b = engine.new_session();
-            b.forward(&ids[..prefix], LogitRows::None).unwrap();
-            let mut seq = Vec::new();
-            for t in prefix..prefix + block {
-                seq.extend(b.forward(&ids[t..t + 1], LogitRows::Last).unwrap());
-            }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let r = common::block_vs_steps(&engine, &ids, prefix, block);
             assert!(
-                bits(&blk) == bits(&seq),
+                r.block_logits == r.step_logits,
                 "T={block} at {prefix}, {threads} threads: logits differ"
             );
             assert!(
-                a.kv_bits() == b.kv_bits(),
+                r.block_kv == r.step_kv,
                 "T={block} at {prefix}: KV rows differ"
             );
-            all.extend(bits(&blk));
+            all.extend(r.block_logits);
         }
         per_threads.push(all);
     }

@@ -54,6 +54,26 @@ fn spec_ids(
     (out, st.accepted)
 }
 
+/// A 4-layer tiny-phi3 model of `ty` in a fresh temporary directory: (directory, model).
+fn synth_tiny(
+    tag: &str,
+    ty: verispec::synth::SynthType,
+    seed: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use verispec::synth::{synth, Preset, SynthOptions};
+    let dir = std::env::temp_dir().join(format!("verispec-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("t.gguf");
+    let opts = SynthOptions {
+        preset: Preset::TinyPhi3,
+        ty,
+        layers: Some(4),
+        seed,
+    };
+    synth(&opts, &model, true, &mut |_, _| {}).unwrap();
+    (dir, model)
+}
+
 /// Deterministic random prompts.
 fn lcg_prompt(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
     verispec::validate::probe_ids(len, vocab as usize, seed)
@@ -276,17 +296,8 @@ fn smollm2_speculative_full_matrix() {
 /// instead of int8) must be reported as a divergence at the first verified position.
 #[test]
 fn exactness_guard_reports_a_divergence() {
-    use verispec::synth::{synth, Preset, SynthOptions, SynthType};
-    let dir = std::env::temp_dir().join(format!("verispec-guard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("t.gguf");
-    let opts = SynthOptions {
-        preset: Preset::TinyPhi3,
-        ty: SynthType::Q8_0,
-        layers: Some(4),
-        seed: 1,
-    };
-    synth(&opts, &model, true, &mut |_, _| {}).unwrap();
+    use verispec::synth::SynthType;
+    let (dir, model) = synth_tiny("guard", SynthType::Q8_0, 1);
     let fast = Engine::load(
         &model,
         LoadOptions {
@@ -329,5 +340,42 @@ fn exactness_guard_reports_a_divergence() {
         }
         other => panic!("expected an exactness error, got {other}"),
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A q4_k_m model (Q4_K and Q6_K weights: 16-row tiles where AVX-512 VNNI runs, rows
+/// elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread the bits of 2, and
+/// speculative decoding (with the exactness guard) the tokens of greedy decoding.
+#[test]
+fn k_quant_model_is_batch_invariant_and_speculation_is_exact() {
+    use verispec::synth::SynthType;
+    let (dir, model) = synth_tiny("kquant", SynthType::Q4KM, 3);
+    let mut per_threads = Vec::new();
+    for threads in [1, 2] {
+        let engine = Engine::load(
+            &model,
+            LoadOptions {
+                path: ComputePath::Fast,
+                threads,
+                n_ctx: Some(256),
+            },
+        )
+        .unwrap();
+        let input = lcg_prompt(11, 24, engine.cfg.n_vocab as u32);
+        let r = common::block_vs_steps(&engine, &input, 20, 4);
+        assert_eq!(
+            r.block_logits, r.step_logits,
+            "{threads} threads: block != steps"
+        );
+        assert_eq!(r.block_kv, r.step_kv, "{threads} threads: KV rows differ");
+        per_threads.push(r.block_logits);
+        if threads == 2 {
+            let prompt = [input[..8].to_vec(), input[..8].to_vec()].concat();
+            let want = greedy_ids(&engine, &prompt, 40);
+            let (got, _) = spec_ids(&engine, &prompt, 40, 4, (1, 8), true);
+            assert_eq!(got, want, "speculative != greedy");
+        }
+    }
+    assert_eq!(per_threads[0], per_threads[1], "1 thread != 2 threads");
     let _ = std::fs::remove_dir_all(dir);
 }

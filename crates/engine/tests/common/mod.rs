@@ -88,3 +88,39 @@ pub fn golden_records() -> Vec<GoldenRecord> {
     }
     out
 }
+
+/// One `block`-row pass over `input[prefix..prefix + block]` and `block` single-row passes,
+/// each after the same prefix, as bits.
+pub struct BlockVsSteps {
+    pub block_logits: Vec<u32>,
+    pub step_logits: Vec<u32>,
+    pub block_kv: Vec<u32>,
+    pub step_kv: Vec<u32>,
+}
+
+pub fn block_vs_steps(
+    engine: &verispec::engine::Engine,
+    input: &[u32],
+    prefix: usize,
+    block: usize,
+) -> BlockVsSteps {
+    use verispec::model::LogitRows;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut a = engine.new_session();
+    a.forward(&input[..prefix], LogitRows::None).unwrap();
+    let blk = a
+        .forward(&input[prefix..prefix + block], LogitRows::All)
+        .unwrap();
+    let mut b = engine.new_session();
+    b.forward(&input[..prefix], LogitRows::None).unwrap();
+    let mut seq = Vec::new();
+    for t in prefix..prefix + block {
+        seq.extend(b.forward(&input[t..t + 1], LogitRows::Last).unwrap());
+    }
+    BlockVsSteps {
+        block_logits: bits(&blk),
+        step_logits: bits(&seq),
+        block_kv: a.kv_bits(),
+        step_kv: b.kv_bits(),
+    }
+}
