@@ -119,7 +119,8 @@ pub struct Tuning {
     pub prefetch_tiles_batch: usize,
     /// Whether the tiled kernels prefetch into L2 (`prefetcht1`) rather than L1.
     pub prefetch_l2: bool,
-    /// The same for the rows-layout kernels (K-quants, and every format without AVX-512).
+    /// Software-prefetch distance (into L1) of the rows-layout kernels: every format without
+    /// AVX-512 VNNI, and matrices whose row count is not a multiple of 16.
     pub prefetch_rows: usize,
     /// Tiles a tiled matmul reads in lockstep (1, 2, 3, 4 or 8).
     pub multi_tiles: usize,
