@@ -49,8 +49,8 @@ pub struct ShardBench {
 pub struct BenchReport {
     pub model: String,
     pub threads: usize,
-    /// The CPU kernel path and its speed knobs, e.g. `avx512vnni (amd: prefetch 0, tiles 1,
-    /// streams 4)`.
+    /// The CPU kernel path and its speed knobs, e.g. `avx512vnni (amd: prefetch 0/8192/8192 L2,
+    /// rows 2048, tiles 1, streams 1)`.
     pub kernel: String,
     pub prompt_tokens: usize,
     pub n_decode: usize,

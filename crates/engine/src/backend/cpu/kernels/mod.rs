@@ -136,9 +136,10 @@ impl Tuning {
     ///   alone (prefetching cost Phi-4-mini q8_0 decode a quarter of its speed) and serve one
     ///   stream per thread best (lockstep tiles slowed verify and prefill passes; four row
     ///   streams cost q4_k_m decode a third), while the rows kernels still gain from
-    ///   prefetching (V19), and so do the K-quant tiled kernels with several activation rows:
-    ///   at T=4 Q4_K / Q6_K tiles ran 1.1-1.4x their T=1 time with 2 KiB prefetch, 1.9-3.2x
-    ///   without (V20; Q8_0 tiles at T=4 did not gain, and q8_0 prefill lost ~10%).
+    ///   prefetching (V19). Prefetching 8 KiB ahead into L2 (not L1) helps the tiled kernels
+    ///   that do more work per byte: K-quant tiles (q4_k_m decode +10-20%) and any tiles with
+    ///   several activation rows (T=4 verify 1.8-2.1x a step -> 1.2-1.5x), but not Q8_0 decode
+    ///   (V20).
     pub fn defaults(vendor: CpuVendor) -> Tuning {
         match vendor {
             CpuVendor::Amd => Tuning {
@@ -174,17 +175,18 @@ impl Tuning {
         static T: OnceLock<Tuning> = OnceLock::new();
         *T.get_or_init(|| {
             let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+            let bytes = |k: &str| var(k).filter(|&b| b <= 1 << 20);
             let mut t = Tuning::defaults(CpuVendor::detect());
-            if let Some(b) = var("VERISPEC_PREFETCH").filter(|&b| b <= 1 << 20) {
+            if let Some(b) = bytes("VERISPEC_PREFETCH") {
                 t.prefetch_tiles = b;
                 t.prefetch_ktiles = b;
                 t.prefetch_tiles_batch = b;
                 t.prefetch_rows = b;
             }
-            if let Some(b) = var("VERISPEC_PREFETCH_K").filter(|&b| b <= 1 << 20) {
+            if let Some(b) = bytes("VERISPEC_PREFETCH_K") {
                 t.prefetch_ktiles = b;
             }
-            if let Some(b) = var("VERISPEC_PREFETCH_BATCH").filter(|&b| b <= 1 << 20) {
+            if let Some(b) = bytes("VERISPEC_PREFETCH_BATCH") {
                 t.prefetch_tiles_batch = b;
             }
             if let Some(b) = var("VERISPEC_PREFETCH_L2").filter(|&b| b <= 1) {
@@ -218,7 +220,7 @@ impl Tuning {
     }
 }
 
-/// Sets the software-prefetch distance of the x86 kernels, both layouts (bytes ahead of the
+/// Sets the software-prefetch distance of every x86 kernel (bytes ahead of the
 /// weights being multiplied; 0 disables), overriding [`Tuning::get`]'s. A knob for
 /// benchmarks; results do not depend on it.
 /// `usize::MAX` restores the tuning's own distances.

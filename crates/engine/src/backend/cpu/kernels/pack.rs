@@ -618,10 +618,13 @@ fn tile_record(fmt: WeightFormat) -> (usize, usize) {
     }
 }
 
-/// Nibble byte `e` of granule `p` of a 32-element sub-block `q` (values < 16).
-#[inline(always)]
-fn nibble_byte(q: &[u8], p: usize, e: usize) -> u8 {
-    (q[4 * p + e] & 0x0f) | ((q[16 + 4 * p + e] & 0x0f) << 4)
+/// The inverse of [`put_nibbles`]: the 32 values of lane `i`'s block into `q`.
+fn get_nibbles(src: &[u8], base: usize, g: usize, i: usize, q: &mut [u8]) {
+    for j in 0..16 {
+        let v = src[base + (j / 4) * 4 * g + 4 * i + j % 4];
+        q[j] = v & 0x0f;
+        q[j + 16] = v >> 4;
+    }
 }
 
 /// Q4_K row `src` (GGUF super-blocks) as row `r` of a tile.
@@ -636,12 +639,8 @@ fn q4k_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
         }
         unpack_q4k(blk, &mut q);
         for j in 0..8 {
-            let qb = &q[32 * j..32 * j + 32];
-            for p in 0..4 {
-                for e in 0..4 {
-                    d[256 + 256 * j + 64 * p + 4 * r + e] = nibble_byte(qb, p, e);
-                }
-            }
+            // A tile's nibble granules are a group's with 16 lanes, lane = row.
+            put_nibbles(d, 256 + 256 * j, TILE_ROWS, r, &q[32 * j..32 * j + 32]);
         }
     }
 }
@@ -657,13 +656,7 @@ fn q4k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
         }
         let mut q = [0u8; 256];
         for j in 0..8 {
-            for p in 0..4 {
-                for e in 0..4 {
-                    let v = t[256 + 256 * j + 64 * p + 4 * r + e];
-                    q[32 * j + 4 * p + e] = v & 0x0f;
-                    q[32 * j + 16 + 4 * p + e] = v >> 4;
-                }
-            }
+            get_nibbles(t, 256 + 256 * j, TILE_ROWS, r, &mut q[32 * j..32 * j + 32]);
         }
         // GGUF: byte `l` of chunk `c` holds element `64c + l` (low) and `64c + 32 + l` (high).
         for c in 0..4 {
@@ -685,11 +678,7 @@ fn q6k_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
             d[32 + Q6K_TILE_SUB * j + r] = blk[192 + 2 * j];
             d[48 + Q6K_TILE_SUB * j + r] = blk[193 + 2 * j];
             let qb = &q[32 * j..32 * j + 32];
-            for p in 0..4 {
-                for e in 0..4 {
-                    d[64 + Q6K_TILE_SUB * j + 64 * p + 4 * r + e] = nibble_byte(qb, p, e);
-                }
-            }
+            put_nibbles(d, 64 + Q6K_TILE_SUB * j, TILE_ROWS, r, qb);
             for h in 0..2 {
                 for e in 0..4 {
                     let mut byte = 0u8;
@@ -712,13 +701,13 @@ fn q6k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
         for j in 0..8 {
             blk[192 + 2 * j] = t[32 + Q6K_TILE_SUB * j + r];
             blk[193 + 2 * j] = t[48 + Q6K_TILE_SUB * j + r];
-            for p in 0..4 {
-                for e in 0..4 {
-                    let v = t[64 + Q6K_TILE_SUB * j + 64 * p + 4 * r + e];
-                    q[32 * j + 4 * p + e] = v & 0x0f;
-                    q[32 * j + 16 + 4 * p + e] = v >> 4;
-                }
-            }
+            get_nibbles(
+                t,
+                64 + Q6K_TILE_SUB * j,
+                TILE_ROWS,
+                r,
+                &mut q[32 * j..32 * j + 32],
+            );
             for h in 0..2 {
                 for e in 0..4 {
                     let byte = t[320 + Q6K_TILE_SUB * j + 64 * h + 4 * r + e];

@@ -568,12 +568,28 @@ unsafe fn q6_high512(h: __m512i, s: usize) -> __m512i {
     _mm512_and_si512(v, m30)
 }
 
+/// The 6-bit Q6_K quants of a block's 8 granules from its 4 low-nibble granules `n` and its 2
+/// high-bit granules `h0` (elements 0..16) and `h1` (16..32): granule `p` pairs with
+/// activation granule `p` (rows and tiles alike).
+#[inline(always)]
+unsafe fn q6_quants512(n: [__m512i; 4], h0: __m512i, h1: __m512i) -> [__m512i; 8] {
+    let m0f = _mm512_set1_epi8(0x0f);
+    let mut q = [_mm512_setzero_si512(); 8];
+    for p in 0..4 {
+        q[p] = _mm512_or_si512(_mm512_and_si512(n[p], m0f), q6_high512(h0, p));
+        q[p + 4] = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(n[p]), m0f),
+            q6_high512(h1, p),
+        );
+    }
+    q
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
 unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
-        let m0f = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); NT];
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
@@ -589,15 +605,12 @@ unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
             let qh = ql.add(16 * g);
             let h0 = _mm512_maskz_loadu_epi32(m, qh as *const i32);
             let h1 = _mm512_maskz_loadu_epi32(m, qh.add(4 * g) as *const i32);
-            let mut q = [_mm512_setzero_si512(); 8];
+            // A loop, not `array::from_fn`: a closure would not inherit the target features.
+            let mut n = [_mm512_setzero_si512(); 4];
             for p in 0..4 {
-                let n = _mm512_maskz_loadu_epi32(m, ql.add(p * 4 * g) as *const i32);
-                q[p] = _mm512_or_si512(_mm512_and_si512(n, m0f), q6_high512(h0, p));
-                q[p + 4] = _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f),
-                    q6_high512(h1, p),
-                );
+                n[p] = _mm512_maskz_loadu_epi32(m, ql.add(p * 4 * g) as *const i32);
             }
+            let q = q6_quants512(n, h0, h1);
             for t in 0..NT {
                 let mut lo = _mm512_setzero_si512();
                 let mut hi = _mm512_setzero_si512();
@@ -796,11 +809,24 @@ unsafe fn q4_1_tile_prep(rec: *const u8) -> Q4Tile {
 /// Raw `sum(q * x)`, `q` in 0..16: low nibbles pair with elements 0..16, high with 16..32.
 #[inline(always)]
 unsafe fn q4_tile_dots(w: &Q4Tile, q: *const i8, nb: usize, b: usize) -> __m512i {
+    nibble_tile_dots(&w.lo, &w.hi, q, nb, b)
+}
+
+/// Raw `sum(q * x)` of a tile's block from its low (elements 0..16) and high (16..32) nibble
+/// granules, lane = row.
+#[inline(always)]
+unsafe fn nibble_tile_dots(
+    lo: &[__m512i; 4],
+    hi: &[__m512i; 4],
+    q: *const i8,
+    nb: usize,
+    b: usize,
+) -> __m512i {
     let mut s0 = _mm512_setzero_si512();
     let mut s1 = _mm512_setzero_si512();
     for p in 0..4 {
-        s0 = _mm512_dpbusd_epi32(s0, w.lo[p], xbcast(q, nb, b, p));
-        s1 = _mm512_dpbusd_epi32(s1, w.hi[p], xbcast(q, nb, b, p + 4));
+        s0 = _mm512_dpbusd_epi32(s0, lo[p], xbcast(q, nb, b, p));
+        s1 = _mm512_dpbusd_epi32(s1, hi[p], xbcast(q, nb, b, p + 4));
     }
     _mm512_add_epi32(s0, s1)
 }
@@ -917,13 +943,7 @@ unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
                 prefetch(sb.add(256 + 256 * (j % 8)), pf, 256);
                 let (lo, hi) = q4_tile_nibbles(sb.add(256 + 256 * (j % 8)));
                 for t in 0..NT {
-                    let mut s0 = _mm512_setzero_si512();
-                    let mut s1 = _mm512_setzero_si512();
-                    for p in 0..4 {
-                        s0 = _mm512_dpbusd_epi32(s0, lo[p], xbcast(x.q[t], nb, b, p));
-                        s1 = _mm512_dpbusd_epi32(s1, hi[p], xbcast(x.q[t], nb, b, p + 4));
-                    }
-                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    let isum = _mm512_cvtepi32_ps(nibble_tile_dots(&lo, &hi, x.q[t], nb, b));
                     let dx = _mm512_set1_ps(*x.d[t].add(b));
                     let xs = _mm512_set1_ps(*x.s[t].add(b) as f32);
                     let v = _mm512_sub_ps(
@@ -954,7 +974,7 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
     stride: usize,
 ) {
     let pf = prefetch_ahead_tiles(NT, true);
-    let m0f = _mm512_set1_epi8(0x0f);
+    let mut d = [_mm512_setzero_ps(); MT];
     let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
     let mut b0 = 0;
     while b0 < nb {
@@ -964,7 +984,9 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
             let jj = j % 8;
             for m in 0..MT {
                 let sb = w[m].add(b / 8 * Q6K_TILE_SB);
-                let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                if jj == 0 {
+                    d[m] = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                }
                 let sub = sb.add(32 + Q6K_TILE_SUB * jj);
                 prefetch(sub, pf, Q6K_TILE_SUB);
                 let sc_lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(sub as *const _));
@@ -973,15 +995,11 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
                 let hb = sub.add(288);
                 let h0 = _mm512_loadu_si512(hb as *const _);
                 let h1 = _mm512_loadu_si512(hb.add(64) as *const _);
-                let mut q = [_mm512_setzero_si512(); 8];
+                let mut n = [_mm512_setzero_si512(); 4];
                 for p in 0..4 {
-                    let n = _mm512_loadu_si512(nib.add(64 * p) as *const _);
-                    q[p] = _mm512_or_si512(_mm512_and_si512(n, m0f), q6_high512(h0, p));
-                    q[p + 4] = _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(n), m0f),
-                        q6_high512(h1, p),
-                    );
+                    n[p] = _mm512_loadu_si512(nib.add(64 * p) as *const _);
                 }
+                let q = q6_quants512(n, h0, h1);
                 for t in 0..NT {
                     let mut lo = _mm512_setzero_si512();
                     let mut hi = _mm512_setzero_si512();
@@ -996,7 +1014,7 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
                         _mm512_mullo_epi32(sc_hi, hi),
                     );
                     let dx = _mm512_set1_ps(*x.d[t].add(b));
-                    let v = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(is));
+                    let v = _mm512_mul_ps(_mm512_mul_ps(d[m], dx), _mm512_cvtepi32_ps(is));
                     acc[m][t][j] = _mm512_add_ps(acc[m][t][j], v);
                 }
             }
