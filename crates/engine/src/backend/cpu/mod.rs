@@ -266,6 +266,26 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// The matmul order: [`dot_f32`]'s lanes and tree, but each lane accumulates with a fused
+/// multiply-add (`acc = fma(a, b, acc)`, one rounding). Every matrix-vector product of the
+/// f32 reference path and of float weights uses it (the SIMD versions are in float_dot.rs);
+/// norms and attention keep [`dot_f32`].
+#[inline(always)]
+pub fn dot_f32_fused(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    for (i, (&x, &y)) in a[..n].iter().zip(&b[..n]).enumerate() {
+        acc[i % 8] = x.mul_add(y, acc[i % 8]);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// The bytes of an f32 row, as float_dot.rs reads F32 weight rows (little-endian).
+fn f32_bytes(row: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialized bytes, u8 has alignment 1, and the length is exact.
+    unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u8, std::mem::size_of_val(row)) }
+}
+
 fn dequant_row(t: &HostTensor, r: usize, out: &mut [f32]) {
     // Shapes and byte counts were validated when the file was parsed.
     quant::dequantize_row(t.ggml_type(), t.row(r), out)
@@ -389,40 +409,57 @@ impl Backend for CpuBackend {
         let (n_out, n_in) = self.matrix_dims(m);
         match m {
             CpuMatrix::Reference(h) => {
-                // [n_out, n_rows], transposed into out afterwards.
-                let mut tmp = vec![0f32; n_out * n_rows];
                 const ROWS_PER_TASK: usize = 16;
-                let dst = SyncPtr(tmp.as_mut_ptr());
+                assert!(out.len() >= n_rows * n_out && x.len() >= n_rows * n_in);
+                let dst = SyncPtr(out.as_mut_ptr());
+                let x = &x[..n_rows * n_in];
+                let ty = h.ggml_type();
+                let float = matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+                // Several token rows: laid out in pairs once, for all tasks (float_dot.rs).
+                let paired = float_dot::PairedRows::new(x, n_in, n_rows);
                 self.pool.run(n_out.div_ceil(ROWS_PER_TASK), &|c| {
                     let rows = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(n_out);
-                    // SAFETY: task `c` alone writes rows `c * 16 ..` of `tmp`.
-                    let mine = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            dst.at(rows.start * n_rows),
-                            rows.len() * n_rows,
+                    // [rows, n_rows], written into out's columns `rows` at the end.
+                    let mut mine = vec![0f32; rows.len() * n_rows];
+                    // Float rows straight from the file; other types dequantized to f32 rows.
+                    let mut deq = Vec::new();
+                    let (kind, w_rows): (GgmlType, Vec<&[u8]>) = if float {
+                        (ty, rows.clone().map(|o| h.row(o)).collect())
+                    } else {
+                        deq = vec![0f32; rows.len() * n_in];
+                        for (o, w) in rows.clone().zip(deq.chunks_exact_mut(n_in)) {
+                            dequant_row(h, o, w);
+                        }
+                        (
+                            GgmlType::F32,
+                            deq.chunks_exact(n_in).map(f32_bytes).collect(),
                         )
                     };
-                    // Float rows straight from the file, same bits as below (float_dot.rs).
-                    let x = &x[..n_rows * n_in];
-                    let ty = h.ggml_type();
-                    let w_rows: Vec<&[u8]> = rows.clone().map(|o| h.row(o)).collect();
-                    if float_dot::row_dots(ty, &w_rows, x, n_in, n_rows, mine) {
-                        return;
+                    if let Some(paired) = &paired {
+                        float_dot::row_dots_paired(kind, &w_rows, x, paired, &mut mine);
+                    } else if !float_dot::row_dots(kind, &w_rows, x, n_in, n_rows, &mut mine) {
+                        let mut w = vec![0f32; n_in];
+                        for (i, o) in rows.clone().enumerate() {
+                            let w: &[f32] = if float {
+                                dequant_row(h, o, &mut w);
+                                &w
+                            } else {
+                                &deq[i * n_in..(i + 1) * n_in]
+                            };
+                            for t in 0..n_rows {
+                                mine[i * n_rows + t] =
+                                    dot_f32_fused(w, &x[t * n_in..(t + 1) * n_in]);
+                            }
+                        }
                     }
-                    let mut w = vec![0f32; n_in];
-                    for o in rows.clone() {
-                        dequant_row(h, o, &mut w);
-                        for t in 0..n_rows {
-                            mine[(o - rows.start) * n_rows + t] =
-                                dot_f32(&w, &x[t * n_in..(t + 1) * n_in]);
+                    for t in 0..n_rows {
+                        for (i, o) in rows.clone().enumerate() {
+                            // SAFETY: task `c` alone writes columns `rows` of out; `o < n_out`
+                            // and `t < n_rows`, and out holds n_rows * n_out values.
+                            unsafe { *dst.at(t * n_out + o) = mine[i * n_rows + t] };
                         }
                     }
                 });
-                for o in 0..n_out {
-                    for t in 0..n_rows {
-                        out[t * n_out + o] = tmp[o * n_rows + t];
-                    }
-                }
             }
             CpuMatrix::Packed(p) => {
                 // Activations are quantized per row (int8 per 32-block, f32 scale), so a row's
