@@ -221,6 +221,21 @@ mod x86 {
         }
     }
 
+    /// Lane sums `a` of the first `chunks` chunks, finished with the scalar tail
+    /// `8 * chunks .. x.len()` of weight row `w` and reduced by the tree.
+    #[inline(always)]
+    unsafe fn finish<const KIND: u8>(
+        mut a: [f32; 8],
+        w: *const u8,
+        x: &[f32],
+        chunks: usize,
+    ) -> f32 {
+        for (i, &xi) in x.iter().enumerate().skip(chunks * 8) {
+            a[i % 8] = scalar::<KIND>(w, i).mul_add(xi, a[i % 8]);
+        }
+        crate::backend::cpu::lane_tree(&a)
+    }
+
     /// Elements `8c .. 8c + 8` widened to f32, in both halves of a 16-lane register.
     #[inline(always)]
     unsafe fn load8x2<const KIND: u8>(w: *const u8, c: usize) -> __m512 {
@@ -288,13 +303,9 @@ mod x86 {
                     if t >= n_rows {
                         continue;
                     }
-                    let a = &mut lanes[8 * h..8 * h + 8];
+                    let a: [f32; 8] = std::array::from_fn(|l| lanes[8 * h + l]);
                     let xr = &x[t * n_in..(t + 1) * n_in];
-                    for (i, &xi) in xr.iter().enumerate().skip(chunks * 8) {
-                        a[i % 8] = scalar::<KIND>(w[r], i).mul_add(xi, a[i % 8]);
-                    }
-                    out[(r0 + r) * n_rows + t] =
-                        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+                    out[(r0 + r) * n_rows + t] = finish::<KIND>(a, w[r], xr, chunks);
                 }
             }
         }
@@ -339,13 +350,14 @@ mod x86 {
             let np = (pairs - p0).min(P);
             let mut r0 = 0;
             while r0 < w_rows.len() {
-                let nr = (w_rows.len() - r0).min(R);
-                if nr == R {
+                // Whole tiles of R weight rows, then the rest one row at a time.
+                if w_rows.len() - r0 >= R {
                     tile_pairs::<KIND, R>(np, w_rows, x, paired, (r0, p0), out);
+                    r0 += R;
                 } else {
                     tile_pairs::<KIND, 1>(np, w_rows, x, paired, (r0, p0), out);
+                    r0 += 1;
                 }
-                r0 += if nr == R { R } else { 1 };
             }
             p0 += np;
         }
@@ -357,8 +369,7 @@ mod x86 {
         w: [*const u8; R],
         x: &[f32],
     ) -> [f32; R] {
-        let n = x.len();
-        let chunks = n / 8;
+        let chunks = x.len() / 8;
         let mut acc = [_mm256_setzero_ps(); R];
         for c in 0..chunks {
             let xv = _mm256_loadu_ps(x.as_ptr().add(8 * c));
@@ -370,10 +381,7 @@ mod x86 {
         for r in 0..R {
             let mut a = [0f32; 8];
             _mm256_storeu_ps(a.as_mut_ptr(), acc[r]);
-            for i in chunks * 8..n {
-                a[i % 8] = scalar::<KIND>(w[r], i).mul_add(x[i], a[i % 8]);
-            }
-            out[r] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            out[r] = finish::<KIND>(a, w[r], x, chunks);
         }
         out
     }

@@ -263,7 +263,14 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     for i in chunks * 8..n {
         acc[i % 8] += a[i] * b[i];
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    lane_tree(&acc)
+}
+
+/// The fixed tree over 8 lane sums, shared by every dot-product order:
+/// `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))`.
+#[inline(always)]
+pub fn lane_tree(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
 /// The matmul order: [`dot_f32`]'s lanes and tree, but each lane accumulates with a fused
@@ -277,13 +284,22 @@ pub fn dot_f32_fused(a: &[f32], b: &[f32]) -> f32 {
     for (i, (&x, &y)) in a[..n].iter().zip(&b[..n]).enumerate() {
         acc[i % 8] = x.mul_add(y, acc[i % 8]);
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    lane_tree(&acc)
 }
 
 /// The bytes of an f32 row, as float_dot.rs reads F32 weight rows (little-endian).
 fn f32_bytes(row: &[f32]) -> &[u8] {
     // SAFETY: any f32 is 4 initialized bytes, u8 has alignment 1, and the length is exact.
     unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u8, std::mem::size_of_val(row)) }
+}
+
+/// Rows `rows` of `t` dequantized into `out`, one after another.
+fn dequant_rows(t: &HostTensor, rows: std::ops::Range<usize>, out: &mut Vec<f32>) {
+    let n_in = t.row_len();
+    out.resize(rows.len() * n_in, 0.0);
+    for (r, dst) in rows.zip(out.chunks_exact_mut(n_in)) {
+        dequant_row(t, r, dst);
+    }
 }
 
 fn dequant_row(t: &HostTensor, r: usize, out: &mut [f32]) {
@@ -426,26 +442,18 @@ impl Backend for CpuBackend {
                     let (kind, w_rows): (GgmlType, Vec<&[u8]>) = if float {
                         (ty, rows.clone().map(|o| h.row(o)).collect())
                     } else {
-                        deq = vec![0f32; rows.len() * n_in];
-                        for (o, w) in rows.clone().zip(deq.chunks_exact_mut(n_in)) {
-                            dequant_row(h, o, w);
-                        }
-                        (
-                            GgmlType::F32,
-                            deq.chunks_exact(n_in).map(f32_bytes).collect(),
-                        )
+                        dequant_rows(h, rows.clone(), &mut deq);
+                        let w_rows = deq.chunks_exact(n_in).map(f32_bytes).collect();
+                        (GgmlType::F32, w_rows)
                     };
                     if let Some(paired) = &paired {
                         float_dot::row_dots_paired(kind, &w_rows, x, paired, &mut mine);
                     } else if !float_dot::row_dots(kind, &w_rows, x, n_in, n_rows, &mut mine) {
-                        let mut w = vec![0f32; n_in];
-                        for (i, o) in rows.clone().enumerate() {
-                            let w: &[f32] = if float {
-                                dequant_row(h, o, &mut w);
-                                &w
-                            } else {
-                                &deq[i * n_in..(i + 1) * n_in]
-                            };
+                        // No SIMD kernel here: the scalar order over f32 rows.
+                        if float {
+                            dequant_rows(h, rows.clone(), &mut deq);
+                        }
+                        for (i, w) in deq.chunks_exact(n_in).enumerate() {
                             for t in 0..n_rows {
                                 mine[i * n_rows + t] =
                                     dot_f32_fused(w, &x[t * n_in..(t + 1) * n_in]);
