@@ -1,7 +1,8 @@
 // Teacher-forced agreement of llama.cpp with its own SmolLM2 goldens (measurement tool, not
 // part of verispec). Build against an external llama.cpp build:
 //   scripts/llamacpp-teacher-forced/run.sh LLAMA_CPP_DIR builds and runs it (outside the repo).
-// Usage: tf MODEL RECORDS step|batch N_UBATCH THREADS  (RECORDS: prompt ids line, golden ids line)
+// Usage: tf MODEL RECORDS step|batch N_UBATCH THREADS [FA auto|on|off] [KV f16|f32]
+//   (RECORDS: prompt ids line, golden ids line; FA and KV default to llama.cpp's defaults)
 // Prints "rec step argmax top1 top2" for every golden position.
 #include "llama.h"
 #include <cstdio>
@@ -20,6 +21,7 @@ int main(int argc, char **argv) {
     if (argc < 6) { fprintf(stderr, "usage\n"); return 2; }
     const char *model_path = argv[1]; std::string mode = argv[3];
     int n_ubatch = atoi(argv[4]); int threads = atoi(argv[5]);
+    std::string fa = argc > 6 ? argv[6] : "auto", kv = argc > 7 ? argv[7] : "f16";
     llama_backend_init();
     llama_log_set([](enum ggml_log_level, const char *, void *) {}, nullptr);
     auto mp = llama_model_default_params();
@@ -33,6 +35,9 @@ int main(int argc, char **argv) {
         auto cp = llama_context_default_params();
         cp.n_ctx = 1024; cp.n_batch = 1024; cp.n_ubatch = n_ubatch;
         cp.n_threads = threads; cp.n_threads_batch = threads;
+        cp.flash_attn_type = fa == "on" ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                           : fa == "off" ? LLAMA_FLASH_ATTN_TYPE_DISABLED : LLAMA_FLASH_ATTN_TYPE_AUTO;
+        if (kv == "f32") { cp.type_k = GGML_TYPE_F32; cp.type_v = GGML_TYPE_F32; }
         llama_context *ctx = llama_init_from_model(model, cp);
         auto report = [&](int step, const float *lg) {
             int best = 0; for (int i = 1; i < n_vocab; i++) if (lg[i] > lg[best]) best = i;

@@ -35,6 +35,8 @@ fn teacher_forced(path: ComputePath) {
     let (mut agree, mut total) = (0usize, 0usize);
     let mut bad = Vec::new();
     let mut worst_margin = 0f32;
+    // How far our logits sit from llama.cpp's at its top-5 ids (diagnostic only).
+    let (mut drift_max, mut drift_sum, mut drift_n) = (0f32, 0f64, 0usize);
     for rec in common::golden_records() {
         let mut all = rec.prompt_ids.clone();
         all.extend(&rec.generated);
@@ -46,24 +48,38 @@ fn teacher_forced(path: ComputePath) {
         for i in 0..rec.generated.len() {
             let row = &logits[(p - 1 + i) * v..(p + i) * v];
             let ours = argmax(row);
+            for &(id, logit) in &rec.top5[i] {
+                let d = (row[id as usize] - logit).abs();
+                drift_max = drift_max.max(d);
+                drift_sum += d as f64;
+                drift_n += 1;
+            }
             total += 1;
             if ours == rec.generated[i] {
                 agree += 1;
             } else {
-                bad.push(format!(
-                    "{:?} step {i}: ours {ours}, llama.cpp {} with margin {}",
-                    rec.prompt.chars().take(40).collect::<String>(),
-                    rec.generated[i],
-                    rec.margin(i)
+                bad.push((
+                    format!(
+                        "{:?} step {i}: ours {ours}, llama.cpp {} with margin {}",
+                        rec.prompt.chars().take(40).collect::<String>(),
+                        rec.generated[i],
+                        rec.margin(i)
+                    ),
+                    rec.margin(i),
                 ));
                 worst_margin = worst_margin.max(rec.margin(i));
             }
         }
     }
     let rate = agree as f64 / total as f64;
-    eprintln!("{path:?}: teacher-forced agreement {agree}/{total} = {rate:.4}");
+    let big = bad.iter().filter(|b| b.1 >= 0.1).count();
+    eprintln!(
+        "{path:?}: teacher-forced agreement {agree}/{total} = {rate:.4}, {big} disagreements at \
+         margin >= 0.1; |logit - llama.cpp's| at its top-5 ids: mean {:.4}, max {drift_max:.4}",
+        drift_sum / drift_n.max(1) as f64
+    );
     for b in &bad {
-        eprintln!("  disagreement: {b}");
+        eprintln!("  disagreement: {}", b.0);
     }
     assert!(
         worst_margin < NEAR_TIE,
