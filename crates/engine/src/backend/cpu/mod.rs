@@ -2,6 +2,7 @@
 //! results are identical for any thread count and any number of token rows.
 
 mod attention;
+mod contention;
 mod float_dot;
 pub mod kernels;
 pub mod pool;
@@ -29,6 +30,13 @@ const OPS: [&str; 11] = [
     "upload",
     "download",
 ];
+
+/// Whether CPU backends made from now on may use fewer threads while other processes keep
+/// the CPUs busy (default: yes; docs/KERNELS.md V22). The results are the same bits either
+/// way; tests that compare 1 thread against 2 turn it off.
+pub fn set_contention_guard(enabled: bool) {
+    contention::set_default(enabled);
+}
 
 pub struct CpuBackend {
     path: ComputePath,

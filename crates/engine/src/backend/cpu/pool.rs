@@ -19,12 +19,16 @@
 //!
 //! Concurrent callers (several sessions on one backend, or a nested loop inside a task) do
 //! not wait for each other: a caller that finds the pool busy runs its loop on its own thread.
+//!
+//! When other processes keep the CPUs busy, a job may use fewer threads (`contention.rs`);
+//! workers beyond the job's count park until they are wanted again.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::contention::{self, Guard};
 use crate::EngineError;
 
 const N_BITS: u32 = 20;
@@ -55,6 +59,13 @@ struct Shared {
     wake: Condvar,
     shutdown: AtomicBool,
     spin: Duration,
+    /// Threads the current job may use: the caller and workers `1..active`. Raised under
+    /// `lock` (with `parked` notified); read by a worker that sees a new job.
+    active: AtomicUsize,
+    parked: Condvar,
+    /// Worker `i`'s thread id at index `i` (0 until it has started; index 0 unused).
+    tids: Vec<AtomicI32>,
+    guard: Mutex<Guard>,
 }
 
 // SAFETY: `task` is written only by the caller that holds `busy`, before it publishes the job
@@ -76,6 +87,16 @@ impl Pool {
     /// A pool of `threads` threads in all: the caller of [`Pool::run`] and `threads - 1`
     /// workers.
     pub fn new(threads: usize) -> Result<Pool, EngineError> {
+        Pool::build(threads, true)
+    }
+
+    /// A pool whose jobs always use every thread, however busy the machine (tests that
+    /// compare thread counts).
+    pub fn unguarded(threads: usize) -> Result<Pool, EngineError> {
+        Pool::build(threads, false)
+    }
+
+    fn build(threads: usize, watch: bool) -> Result<Pool, EngineError> {
         let threads = threads.max(1);
         let spin_us = std::env::var("VERISPEC_SPIN_US")
             .ok()
@@ -91,13 +112,20 @@ impl Pool {
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             spin: Duration::from_micros(spin_us),
+            active: AtomicUsize::new(threads),
+            parked: Condvar::new(),
+            tids: (0..threads).map(|_| AtomicI32::new(0)).collect(),
+            guard: Mutex::new(Guard::new(threads, watch)),
         });
         let mut workers = Vec::with_capacity(threads - 1);
         for i in 1..threads {
             let s = shared.clone();
             let h = std::thread::Builder::new()
                 .name(format!("verispec-cpu-{i}"))
-                .spawn(move || worker(&s, 0))
+                .spawn(move || {
+                    s.tids[i].store(contention::current_tid(), Ordering::Release);
+                    worker(&s, i, 0)
+                })
                 .map_err(|e| EngineError::Backend(format!("cannot start CPU threads: {e}")));
             match h {
                 Ok(h) => workers.push(h),
@@ -118,6 +146,11 @@ impl Pool {
         self.threads
     }
 
+    /// How many threads the last parallel job could use (see `contention.rs`).
+    pub fn active_threads(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
     /// Calls `f(i)` exactly once for each `i < n` and returns when all calls have returned.
     /// A panic in `f` on a worker aborts the process (it would otherwise leave the caller
     /// waiting forever); on the calling thread it propagates after the other indices finish.
@@ -135,6 +168,11 @@ impl Pool {
             (0..n).for_each(f);
             return;
         }
+        if self.set_active() == 1 {
+            (0..n).for_each(f);
+            s.busy.store(false, Ordering::Release);
+            return;
+        }
         if n > MAX_N {
             // Coarser indices: job index j covers f's indices j*k .. (j+1)*k.
             let k = n.div_ceil(MAX_N);
@@ -144,6 +182,25 @@ impl Pool {
             self.publish_and_help(n, f);
         }
         s.busy.store(false, Ordering::Release);
+    }
+
+    /// Asks the guard how many threads the next job may use and tells the workers.
+    fn set_active(&self) -> usize {
+        let s = &*self.shared;
+        let active = s
+            .guard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .before_job(&s.tids);
+        let old = s.active.load(Ordering::Relaxed);
+        if active > old {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.active.store(active, Ordering::SeqCst);
+            s.parked.notify_all();
+        } else if active < old {
+            s.active.store(active, Ordering::SeqCst);
+        }
+        active
     }
 
     fn publish_and_help(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -209,7 +266,7 @@ impl Drop for Done<'_> {
 /// A worker's loop. `seen` is the epoch at spawn time (0: no job can be published before
 /// `Pool::new` returns); reading it from `word` inside the thread would race with the first
 /// job and could skip it.
-fn worker(s: &Shared, mut seen: u64) {
+fn worker(s: &Shared, index: usize, mut seen: u64) {
     loop {
         // Wait for a new epoch: spin, then yield, then sleep.
         let start = Instant::now();
@@ -240,6 +297,14 @@ fn worker(s: &Shared, mut seen: u64) {
             }
             s.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
+        if index >= s.active.load(Ordering::Acquire) {
+            // Not wanted for this job: park until the pool uses this many threads again.
+            let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            while index >= s.active.load(Ordering::SeqCst) && !s.shutdown.load(Ordering::SeqCst) {
+                g = s.parked.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            continue;
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_all(s)));
         if r.is_err() {
             eprintln!("verispec: a CPU worker panicked; aborting");
@@ -253,6 +318,7 @@ fn stop(s: &Shared, workers: &mut Vec<std::thread::JoinHandle<()>>) {
     {
         let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
         s.wake.notify_all();
+        s.parked.notify_all();
     }
     for h in workers.drain(..) {
         let _ = h.join();
@@ -329,6 +395,45 @@ mod tests {
             });
         }
         assert_eq!(hits.load(Ordering::Relaxed), 48);
+    }
+
+    #[test]
+    fn sheds_a_thread_beside_busy_threads_and_stays_correct() {
+        if !contention::available() {
+            return;
+        }
+        let pool = Pool::new(2).unwrap();
+        let stop = AtomicBool::new(false);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let shed = std::thread::scope(|sc| {
+            for _ in 0..cpus {
+                sc.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let start = Instant::now();
+            let mut shed = false;
+            while start.elapsed() < Duration::from_secs(10) && !shed {
+                let hits: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(64, &|i| {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                shed = pool.active_threads() == 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+            shed
+        });
+        assert!(
+            shed,
+            "{cpus} busy threads beside the pool; it kept both threads for 10 s"
+        );
     }
 
     #[test]

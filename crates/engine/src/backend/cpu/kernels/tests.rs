@@ -314,7 +314,7 @@ fn batch_invariance_t1_to_8() {
 #[test]
 fn threads_do_not_change_bits() {
     let pool1 = Pool::new(1).unwrap();
-    let pool2 = Pool::new(2).unwrap();
+    let pool2 = Pool::unguarded(2).unwrap();
     for ty in native_types() {
         let n_in = if ty.block_size() == 256 { 512 } else { 576 };
         let n_out = 77;
@@ -574,7 +574,7 @@ fn tiles_match_rows_bitwise_on_every_path() {
 #[test]
 fn tiles_batch_and_thread_invariance() {
     let pool1 = Pool::new(1).unwrap();
-    let pool2 = Pool::new(2).unwrap();
+    let pool2 = Pool::unguarded(2).unwrap();
     for ty in native_types() {
         let n_in = if ty.block_size() == 256 { 768 } else { 576 };
         let n_out = 160;
@@ -610,7 +610,7 @@ fn tiles_batch_and_thread_invariance() {
 #[test]
 fn every_output_is_written_with_the_row_dot() {
     let pool1 = Pool::new(1).unwrap();
-    let pool2 = Pool::new(2).unwrap();
+    let pool2 = Pool::unguarded(2).unwrap();
     for ty in native_types() {
         let n_in = widths(ty)[0];
         for n_out in [1, 3, 16, 17, 48, 80, 144, 160, 403] {
@@ -722,7 +722,7 @@ fn simd_activation_quantizer_matches_scalar() {
 /// ones only for T = 1): every output against `scalar::row_dot` of its row alone, T = 1..5.
 #[test]
 fn large_tiled_matrices_match_the_row_dot_for_every_t() {
-    let pool = Pool::new(2).unwrap();
+    let pool = Pool::unguarded(2).unwrap();
     for (ty, n_out, n_in) in [
         (GgmlType::Q8_0, 2048, 2048),
         (GgmlType::Q4_1, 2064, 4096),
