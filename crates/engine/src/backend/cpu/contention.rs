@@ -3,14 +3,15 @@
 //! A decode step is ~150 parallel loops, each ending when its last index finishes. When a
 //! CPU-busy neighbour shares the cores, the scheduler preempts one of our threads for a time
 //! slice (milliseconds) and every loop that thread holds an index of waits for it: on the
-//! 2-vCPU machines, 2 threads beside one busy process decoded at 0.72-0.80x of 1 thread on
-//! an idle machine, while 1 thread beside it kept 0.84-1.03x (docs/KERNELS.md, V22).
+//! 2-vCPU Intel VM, 2 threads beside one busy process decoded at 0.67-0.72x of 1 thread on
+//! an idle machine in some rounds, while 1 thread beside it kept 0.81-1.20x (V22).
 //!
 //! The guard watches the share of our threads' runnable time spent waiting for a CPU (the
 //! run-queue delay in `/proc/self/task/<tid>/schedstat`, which only other runnable threads
 //! cause). Over windows of at least [`WINDOW`] and [`MIN_RUNNABLE`] of runnable time: after
-//! two windows in a row above [`HIGH`], the pool uses one thread fewer, and tries one more again after a backoff
-//! that doubles while the contention lasts ([`BACKOFF_START`] .. [`BACKOFF_MAX`]). Which
+//! two windows in a row above [`HIGH`], the pool uses one thread fewer, and tries one more
+//! after a backoff that doubles while the contention lasts ([`BACKOFF_START`] ..
+//! [`BACKOFF_MAX`]). Which
 //! thread runs which index never changes the bits (the pool's contract), so this changes
 //! speed only. Where schedstat cannot be read (not Linux, no /proc), every job uses every
 //! thread. `VERISPEC_POOL_GUARD=0` turns the guard off; `VERISPEC_POOL_TRACE=1` prints each
@@ -209,18 +210,9 @@ impl Guard {
 mod tests {
     use super::*;
 
+    /// `decide` does not read the counters, so the guard need not be enabled.
     fn guard(threads: usize) -> Guard {
-        Guard {
-            threads,
-            active: threads,
-            enabled: true,
-            trace: false,
-            window: None,
-            probe_at: None,
-            probing: false,
-            contended_before: false,
-            backoff: BACKOFF_START,
-        }
+        Guard::new(threads, false)
     }
 
     #[test]

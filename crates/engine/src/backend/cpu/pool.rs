@@ -169,8 +169,10 @@ impl Pool {
             return;
         }
         if self.set_active() == 1 {
-            (0..n).for_each(f);
+            // Nothing to publish: release the workers first, so a panic in `f` cannot
+            // leave the pool marked busy.
             s.busy.store(false, Ordering::Release);
+            (0..n).for_each(f);
             return;
         }
         if n > MAX_N {
