@@ -331,3 +331,52 @@ fn chat_keeps_the_cache_between_turns() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every kernel path the machine has (`VERISPEC_KERNEL`, which also picks the weight layout:
+/// row tiles for AVX-512 VNNI and AVX2, rows for scalar) gives the same logits, bit for bit,
+/// on the tiny fixture and on SmolLM2 when it is fetched.
+#[test]
+fn every_kernel_path_gives_the_same_logits() {
+    let smol = workspace().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut models = vec![TINY.to_string()];
+    if smol.exists() {
+        models.push(smol.to_string_lossy().into_owned());
+    } else if std::env::var("VERISPEC_REQUIRE_MODELS").as_deref() == Ok("1") {
+        panic!("{} is missing: run scripts/fetch-models.sh", smol.display());
+    }
+    let ids = "1,504,2000,17,42,977,12,640,88,1500,7,301,29,1024,5,61";
+    for model in &models {
+        let mut first: Option<(String, Vec<u8>)> = None;
+        for kernel in ["", "avx512vnni", "avx2", "scalar"] {
+            let out = std::env::temp_dir().join(format!(
+                "verispec-paths-{}-{kernel}.npy",
+                std::process::id()
+            ));
+            let mut c = bin();
+            if kernel.is_empty() {
+                c.env_remove("VERISPEC_KERNEL");
+            } else {
+                c.env("VERISPEC_KERNEL", kernel);
+            }
+            let o = c
+                .args(["forward", "--model", model, "--threads", "2", "--ids", ids])
+                .args(["--out", out.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{kernel}: {}", stderr(&o));
+            let bytes = std::fs::read(&out).unwrap();
+            let _ = std::fs::remove_file(&out);
+            let (data, shape) = verispec::npy::decode_f32(&bytes).unwrap();
+            assert_eq!(shape[0], 16);
+            assert!(data.iter().all(|x| x.is_finite()), "{model} {kernel}");
+            // A path this machine lacks falls back to the detected one: still a valid check.
+            match &first {
+                None => first = Some((kernel.to_string(), bytes)),
+                Some((k0, b0)) => assert!(
+                    *b0 == bytes,
+                    "{model}: logits with VERISPEC_KERNEL={kernel} differ from {k0:?}"
+                ),
+            }
+        }
+    }
+}

@@ -277,17 +277,21 @@ fn quantize_block_scalar(xb: &[f32; QK]) -> (f32, [i8; QK]) {
     (d, q)
 }
 
-/// [`quantize_block_scalar`], with AVX-512 when `simd` (the same bits: the max is exact in
-/// any order, the division is IEEE, and the rounding is the same exact steps).
+/// [`quantize_block_scalar`], with AVX-512 or AVX2 when `simd` is that path (the same bits:
+/// the max is exact in any order, the division is IEEE, and the rounding is the same exact
+/// steps).
 #[inline]
-fn quantize_block(xb: &[f32; QK], simd: bool) -> (f32, [i8; QK]) {
+fn quantize_block(xb: &[f32; QK], simd: KernelPath) -> (f32, [i8; QK]) {
+    #[cfg(target_arch = "x86_64")]
+    match simd {
+        // SAFETY: AVX-512 F/BW/VL are part of the Avx512Vnni path's features.
+        KernelPath::Avx512Vnni => return unsafe { x86::quantize_block_avx512(xb) },
+        // SAFETY: the Avx2 path was detected.
+        KernelPath::Avx2 => return unsafe { x86::quantize_block_avx2(xb) },
+        _ => {}
+    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = simd;
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX-512 F/BW/VL are part of the Avx512Vnni path's features.
-        return unsafe { x86::quantize_block_avx512(xb) };
-    }
     quantize_block_scalar(xb)
 }
 
@@ -330,7 +334,10 @@ impl QuantizedActs {
         );
         assert!(x.len() >= n_rows * n_in, "x is shorter than n_rows * n_in");
         let nb = n_in / QK;
-        let simd = KernelPath::Avx512Vnni.is_available();
+        let simd = [KernelPath::Avx512Vnni, KernelPath::Avx2]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(KernelPath::Scalar);
         self.n_rows = n_rows;
         self.n_in = n_in;
         self.q_stride = n_in.next_multiple_of(64);
@@ -660,7 +667,7 @@ unsafe fn run_tiles(
     let n_out = w.n_out();
     let (first, last) = (rows.start / TILE_ROWS, rows.end / TILE_ROWS);
     #[cfg(target_arch = "x86_64")]
-    if path == KernelPath::Avx512Vnni {
+    if matches!(path, KernelPath::Avx512Vnni | KernelPath::Avx2) {
         // Several rows of activations make a small matrix compute-bound: there the extra
         // accumulator traffic of the lockstep costs more than the streams give (SmolLM2 T=4
         // verify pass 6.2-6.8 ms with 4 tiles, 5.9-6.3 ms with 1). Large matrices stay
@@ -674,11 +681,11 @@ unsafe fn run_tiles(
         while first < last {
             let g = if last - first >= mt { mt } else { 1 };
             match g {
-                2 => tile_group::<2>(w, x, n_rows, first, out),
-                3 => tile_group::<3>(w, x, n_rows, first, out),
-                4 => tile_group::<4>(w, x, n_rows, first, out),
-                8 => tile_group::<8>(w, x, n_rows, first, out),
-                _ => tile_group::<1>(w, x, n_rows, first, out),
+                2 => tile_group::<2>(path, w, x, n_rows, first, out),
+                3 => tile_group::<3>(path, w, x, n_rows, first, out),
+                4 => tile_group::<4>(path, w, x, n_rows, first, out),
+                8 => tile_group::<8>(path, w, x, n_rows, first, out),
+                _ => tile_group::<1>(path, w, x, n_rows, first, out),
             }
             first += g;
         }
@@ -701,6 +708,7 @@ unsafe fn run_tiles(
 /// As [`run_tiles`] on the AVX-512 VNNI path, for those tiles.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_group<const MT: usize>(
+    path: KernelPath,
     w: &PackedMatrix,
     x: &QuantizedActs,
     n_rows: usize,
@@ -711,16 +719,13 @@ unsafe fn tile_group<const MT: usize>(
     let mut t0 = 0;
     while t0 < n_rows {
         let nt = (n_rows - t0).min(TILE);
-        x86::tiles_avx512::<MT>(
-            w.format(),
-            std::array::from_fn(|m| w.tile(first + m).as_ptr()),
-            w.n_in(),
-            x,
-            t0,
-            nt,
-            std::array::from_fn(|m| out.0.add(t0 * n_out + (first + m) * TILE_ROWS)),
-            n_out,
-        );
+        let tiles = std::array::from_fn(|m| w.tile(first + m).as_ptr());
+        let outs = std::array::from_fn(|m| out.0.add(t0 * n_out + (first + m) * TILE_ROWS));
+        if path == KernelPath::Avx2 {
+            x86::tiles_avx2::<MT>(w.format(), tiles, w.n_in(), x, t0, nt, outs, n_out);
+        } else {
+            x86::tiles_avx512::<MT>(w.format(), tiles, w.n_in(), x, t0, nt, outs, n_out);
+        }
         t0 += nt;
     }
 }

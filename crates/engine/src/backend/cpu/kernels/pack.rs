@@ -21,7 +21,8 @@
 //! the scales of elements 0..16 / 16..32 of block `i`.
 //!
 //! **Row tiles** (`Layout::Tiles16`, every native format when `n_out % 16 == 0` and the
-//! AVX-512 VNNI kernels run): rows `16 i .. 16 i + 16` form tile `i`, stored contiguously
+//! AVX-512 VNNI or AVX2 kernels run; AVX2 reads each 64-byte section as two halves of 8 rows):
+//! rows `16 i .. 16 i + 16` form tile `i`, stored contiguously
 //! (`16 * row_bytes` bytes). Inside a tile, block `b` of all 16 rows is one record; lane `r`
 //! of every section is row `16 i + r`, so one `vpdpbusd` against a broadcast activation
 //! granule advances 16 output rows at once and no horizontal sum is needed (the 16 lane
@@ -137,13 +138,16 @@ impl Layout {
     }
 
     /// The layout the detected kernel path multiplies fastest: row tiles where the AVX-512
-    /// kernels have them (`VERISPEC_LAYOUT=rows` forces rows, for comparisons).
+    /// or AVX2 kernels have them (`VERISPEC_LAYOUT=rows` forces rows, for comparisons).
     pub fn preferred(fmt: WeightFormat, n_out: usize) -> Layout {
         static ROWS_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let rows_only =
             *ROWS_ONLY.get_or_init(|| std::env::var("VERISPEC_LAYOUT").is_ok_and(|v| v == "rows"));
         if !rows_only
-            && super::KernelPath::detect() == super::KernelPath::Avx512Vnni
+            && matches!(
+                super::KernelPath::detect(),
+                super::KernelPath::Avx512Vnni | super::KernelPath::Avx2
+            )
             && Layout::Tiles16.supports(fmt, n_out)
         {
             Layout::Tiles16

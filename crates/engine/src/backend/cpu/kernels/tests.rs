@@ -672,12 +672,16 @@ fn every_output_is_written_with_the_row_dot() {
     }
 }
 
-/// The AVX-512 block quantizer gives the scalar one's bits: random blocks at many scales,
-/// exact halves of the step, zeros, signed zeros, subnormals, infinities and NaN.
+/// The AVX-512 and AVX2 block quantizers give the scalar one's bits: random blocks at many
+/// scales, exact halves of the step, zeros, signed zeros, subnormals, infinities and NaN.
 #[test]
 fn simd_activation_quantizer_matches_scalar() {
-    if !KernelPath::Avx512Vnni.is_available() {
-        eprintln!("no AVX-512 here: nothing to compare");
+    let paths: Vec<KernelPath> = [KernelPath::Avx512Vnni, KernelPath::Avx2]
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect();
+    if paths.is_empty() {
+        eprintln!("no AVX2 or AVX-512 here: nothing to compare");
         return;
     }
     let mut r = Rng(71);
@@ -711,10 +715,16 @@ fn simd_activation_quantizer_matches_scalar() {
             _ => {}
         }
         let want = quantize_block_scalar(&xb);
-        // SAFETY: checked above.
-        let got = unsafe { super::x86::quantize_block_avx512(&xb) };
-        assert_eq!(got.0.to_bits(), want.0.to_bits(), "d, case {case}: {xb:?}");
-        assert_eq!(got.1, want.1, "q, case {case}: {xb:?}");
+        for &p in &paths {
+            let got = quantize_block(&xb, p);
+            let name = p.name();
+            assert_eq!(
+                got.0.to_bits(),
+                want.0.to_bits(),
+                "{name} d, case {case}: {xb:?}"
+            );
+            assert_eq!(got.1, want.1, "{name} q, case {case}: {xb:?}");
+        }
     }
 }
 
@@ -761,6 +771,17 @@ fn large_tiled_matrices_match_the_row_dot_for_every_t() {
             let mut out = vec![f32::NAN; n_rows * n_out];
             matmul_pool(&pool, &w, &x, n_rows, &mut out);
             assert_eq!(bits(&out), want, "{ty} T {n_rows}");
+            // Every path with tile kernels, not only the detected one.
+            let chunk = rows_per_task(n_out, pool.threads());
+            let tiled = [KernelPath::Avx2, KernelPath::Avx512Vnni];
+            for p in KernelPath::available()
+                .into_iter()
+                .filter(|p| tiled.contains(p))
+            {
+                let mut out = vec![f32::NAN; n_rows * n_out];
+                matmul_par(p, &w, &x, n_rows, &mut out, chunk, |n, f| pool.run(n, f));
+                assert_eq!(bits(&out), want, "{ty} T {n_rows} {}", p.name());
+            }
         }
     }
 }

@@ -678,6 +678,9 @@ macro_rules! lanes16 {
     };
 }
 
+mod tiles256;
+pub(super) use tiles256::tiles_avx2;
+
 /// `MT` tiles (16 rows each) of a tiled block-32 format against `NT` activation rows.
 /// `$rec`: record bytes; `$prep(rec)` loads a record's scales and weight granules once;
 /// `$dots(prep, x_q, nb, b)` is the raw integer dot with one activation row; `$update` turns it
@@ -1445,6 +1448,65 @@ pub(super) unsafe fn quantize_block_avx512(xb: &[f32; QK]) -> (f32, [i8; QK]) {
         let hi = round_half_away16(_mm512_div_ps(b, dv));
         _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, lo);
         _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, hi);
+    }
+    (d, q)
+}
+
+/// `round_half_away` on 8 lanes (as [`round_half_away16`]), as i32 lanes in -200..=200.
+#[inline(always)]
+unsafe fn round_half_away8(v: __m256) -> __m256i {
+    let finite = _mm256_cmp_ps::<_CMP_LT_OQ>(
+        _mm256_andnot_ps(_mm256_set1_ps(-0.0), v),
+        _mm256_set1_ps(f32::INFINITY),
+    );
+    let v = _mm256_min_ps(
+        _mm256_max_ps(v, _mm256_set1_ps(-200.0)),
+        _mm256_set1_ps(200.0),
+    );
+    let i = _mm256_cvttps_epi32(v);
+    let f = _mm256_sub_ps(v, _mm256_cvtepi32_ps(i));
+    // Comparison masks are all ones (-1) where true.
+    let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(f, _mm256_set1_ps(0.5)));
+    let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(f, _mm256_set1_ps(-0.5)));
+    let i = _mm256_add_epi32(_mm256_sub_epi32(i, up), down);
+    _mm256_and_si256(i, _mm256_castps_si256(finite))
+}
+
+/// [`super::quantize_block_scalar`] on AVX2: the same `(d, q)` bit for bit.
+///
+/// # Safety
+/// AVX2 must be available.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_block_avx2(xb: &[f32; QK]) -> (f32, [i8; QK]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut v = [_mm256_setzero_ps(); 4];
+    for k in 0..4 {
+        v[k] = _mm256_loadu_ps(xb.as_ptr().add(8 * k));
+    }
+    // max(|x|, acc) returns acc when |x| is NaN: NaN is ignored, as `f32::max` does.
+    let mut m = _mm256_setzero_ps();
+    for vk in v {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, vk), m);
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2)));
+    let d = amax / 127.0;
+    let mut q = [0i8; QK];
+    if d != 0.0 {
+        let dv = _mm256_set1_ps(d);
+        let mut r = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            r[k] = round_half_away8(_mm256_div_ps(v[k], dv));
+        }
+        // Saturating packs work per 128-bit lane: dwords come out as
+        // [r0a r1a r2a r3a r0b r1b r2b r3b] (a, b: the first and last 4 elements of each).
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(r[0], r[1]),
+            _mm256_packs_epi32(r[2], r[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p);
     }
     (d, q)
 }

@@ -1,0 +1,456 @@
+//! AVX2 kernels for the 16-row tiles (`Layout::Tiles16`, see `pack.rs`), for x86 CPUs without
+//! AVX-512 VNNI (AMD Zen 2/3, Intel client cores). The same records as the AVX-512 tiles; a
+//! 16-row section is two 256-bit halves (rows 0..8 and 8..16), lane = row. Per block and half,
+//! the integer dot comes from `vpmaddubsw` + `vpmaddwd` against a broadcast activation granule,
+//! then the canonical float update of `mod.rs` (the same multiplies and adds as every other
+//! path, no FMA); the 16 lane accumulators `acc[b % 16]` of each row are 16 registers per half
+//! (they live on the stack: each is touched once per group of 16 blocks).
+//!
+//! Why tiles and not the rows layout on these CPUs: with rows, decode on the AMD Zen 4
+//! development machine read Phi-4-mini q8_0 at 4.4 tok/s with AVX2 against 7.2 with the
+//! AVX-512 tiles, and the AVX-512 kernels over rows were as slow (4.75): the layout, not the
+//! instruction set, cost the difference (docs/KERNELS.md V23).
+//!
+//! `vpmaddubsw` multiplies unsigned by signed bytes and saturates its pair sums to i16, so:
+//! - Q8_0 (stored `q + 128`): `q = w ^ 0x80`, then `|q|` times `sign(x, q)` (pairs at most
+//!   2 * 128 * 127 = 32512);
+//! - Q4_0 / Q4_1 / Q4_K nibbles (0..16): 8 products pairs add up in i16 exactly (at most
+//!   8 * 2 * 15 * 127 = 30480);
+//! - Q6_K 6-bit quants (0..64): two pairs add up exactly (at most 2 * 2 * 63 * 127 = 32004).
+
+use std::arch::x86_64::*;
+
+use super::super::pack::{Q4K_TILE_SB, Q6K_TILE_SB, Q6K_TILE_SUB};
+use super::super::{QuantizedActs, WeightFormat, GROUP, QK};
+use super::{prefetch, prefetch_ahead_tiles, q6_high256, xp, Xp};
+
+/// Activation granule `k` (4 bytes of block `b`) of one row, broadcast to 8 lanes.
+#[inline(always)]
+unsafe fn xb8(q: *const i8, nb: usize, b: usize, k: usize) -> __m256i {
+    let g0 = b / GROUP * GROUP;
+    let g = (nb - g0).min(GROUP);
+    _mm256_set1_epi32(std::ptr::read_unaligned(
+        q.add(g0 * QK + k * 4 * g + 4 * (b - g0)) as *const i32,
+    ))
+}
+
+/// The canonical tree over 16 lane accumulators, lane-wise: 8 outputs.
+#[inline(always)]
+unsafe fn tree_half(acc: &[__m256; GROUP]) -> __m256 {
+    let mut h8 = [_mm256_setzero_ps(); 8];
+    for i in 0..8 {
+        h8[i] = _mm256_add_ps(acc[i], acc[i + 8]);
+    }
+    let mut h4 = [_mm256_setzero_ps(); 4];
+    for i in 0..4 {
+        h4[i] = _mm256_add_ps(h8[i], h8[i + 4]);
+    }
+    _mm256_add_ps(_mm256_add_ps(h4[0], h4[2]), _mm256_add_ps(h4[1], h4[3]))
+}
+
+/// Row `r` of tile `m` for activation row `t` goes to `out[m][t * stride + r]`.
+#[inline(always)]
+unsafe fn store<const NT: usize, const MT: usize>(
+    acc: &[[[[__m256; GROUP]; 2]; NT]; MT],
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    for m in 0..MT {
+        for t in 0..NT {
+            for h in 0..2 {
+                _mm256_storeu_ps(out[m].add(t * stride + 8 * h), tree_half(&acc[m][t][h]));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 8 f16 at `p` widened to f32.
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline(always)]
+unsafe fn madd1(v: __m256i) -> __m256i {
+    _mm256_madd_epi16(v, _mm256_set1_epi16(1))
+}
+
+/// `MT` tiles of a tiled block-32 format against `NT` activation rows, one half at a time.
+/// `$rec`: record bytes; `$prep(rec, h)` loads half `h` of a record's scales and granules;
+/// `$dots(prep, x_q, nb, b)` is the raw integer dot with one activation row; `$update` turns it
+/// into the block's canonical float value.
+macro_rules! tile256 {
+    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const NT: usize, const MT: usize>(
+            w: [*const u8; MT],
+            nb: usize,
+            x: &Xp<NT>,
+            out: [*mut f32; MT],
+            stride: usize,
+        ) {
+            let pf = prefetch_ahead_tiles(NT, false);
+            let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
+            let mut b0 = 0;
+            while b0 < nb {
+                let g = (nb - b0).min(GROUP);
+                lanes16!(j < g, {
+                    let b = b0 + j;
+                    for m in 0..MT {
+                        let rec = w[m].add(b * $rec);
+                        prefetch(rec, pf, $rec);
+                        for h in 0..2 {
+                            let wv = $prep(rec, h);
+                            for t in 0..NT {
+                                let isum = $dots(&wv, x.q[t], nb, b);
+                                let v = $update(&wv, isum, *x.d[t].add(b), *x.s[t].add(b));
+                                acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
+                            }
+                        }
+                    }
+                });
+                b0 += g;
+            }
+            store(&acc, out, stride);
+        }
+    };
+}
+
+/// Half of a Q8_0 record: scales, the signed quants and their absolute values.
+struct Q8Half {
+    d: __m256,
+    q: [__m256i; 8],
+    a: [__m256i; 8],
+}
+
+#[inline(always)]
+unsafe fn q8_half(rec: *const u8, h: usize) -> Q8Half {
+    let flip = _mm256_set1_epi8(-128);
+    let mut q = [flip; 8];
+    let mut a = [flip; 8];
+    for k in 0..8 {
+        q[k] = _mm256_xor_si256(ld(rec.add(32 + 64 * k + 32 * h)), flip);
+        a[k] = _mm256_abs_epi8(q[k]);
+    }
+    Q8Half {
+        d: f16x8(rec.add(16 * h)),
+        q,
+        a,
+    }
+}
+
+#[inline(always)]
+unsafe fn q8_half_dots(w: &Q8Half, q: *const i8, nb: usize, b: usize) -> __m256i {
+    let mut s = [_mm256_setzero_si256(); 2];
+    for k in 0..8 {
+        let p = _mm256_maddubs_epi16(w.a[k], _mm256_sign_epi8(xb8(q, nb, b, k), w.q[k]));
+        s[k / 4] = _mm256_add_epi32(s[k / 4], madd1(p));
+    }
+    _mm256_add_epi32(s[0], s[1])
+}
+
+/// `(d * dx) * isum`.
+#[inline(always)]
+unsafe fn q8_half_update(w: &Q8Half, isum: __m256i, dx: f32, _xsum: i32) -> __m256 {
+    _mm256_mul_ps(
+        _mm256_mul_ps(w.d, _mm256_set1_ps(dx)),
+        _mm256_cvtepi32_ps(isum),
+    )
+}
+
+/// Half of a Q4_0 / Q4_1 record: scales (and mins) and the nibbles split into low and high.
+struct Q4Half {
+    d: __m256,
+    m: __m256,
+    lo: [__m256i; 4],
+    hi: [__m256i; 4],
+}
+
+/// The low and high nibbles of 4 granules of 64 bytes at `p`, half `h`.
+#[inline(always)]
+unsafe fn nibbles_half(p: *const u8, h: usize) -> ([__m256i; 4], [__m256i; 4]) {
+    let m0f = _mm256_set1_epi8(0x0f);
+    let (mut lo, mut hi) = ([m0f; 4], [m0f; 4]);
+    for k in 0..4 {
+        let v = ld(p.add(64 * k + 32 * h));
+        lo[k] = _mm256_and_si256(v, m0f);
+        hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
+    }
+    (lo, hi)
+}
+
+#[inline(always)]
+unsafe fn q4_0_half(rec: *const u8, h: usize) -> Q4Half {
+    let (lo, hi) = nibbles_half(rec.add(32), h);
+    Q4Half {
+        d: f16x8(rec.add(16 * h)),
+        m: _mm256_setzero_ps(),
+        lo,
+        hi,
+    }
+}
+
+#[inline(always)]
+unsafe fn q4_1_half(rec: *const u8, h: usize) -> Q4Half {
+    let (lo, hi) = nibbles_half(rec.add(64), h);
+    Q4Half {
+        d: f16x8(rec.add(16 * h)),
+        m: f16x8(rec.add(32 + 16 * h)),
+        lo,
+        hi,
+    }
+}
+
+/// Raw `sum(q * x)` of a block from its low (elements 0..16) and high (16..32) nibbles.
+#[inline(always)]
+unsafe fn nibble_half_dots(
+    lo: &[__m256i; 4],
+    hi: &[__m256i; 4],
+    q: *const i8,
+    nb: usize,
+    b: usize,
+) -> __m256i {
+    let mut s = [_mm256_setzero_si256(); 2];
+    for p in 0..4 {
+        let a = _mm256_maddubs_epi16(lo[p], xb8(q, nb, b, p));
+        let c = _mm256_maddubs_epi16(hi[p], xb8(q, nb, b, p + 4));
+        s[p % 2] = _mm256_add_epi16(s[p % 2], _mm256_add_epi16(a, c));
+    }
+    madd1(_mm256_add_epi16(s[0], s[1]))
+}
+
+#[inline(always)]
+unsafe fn q4_half_dots(w: &Q4Half, q: *const i8, nb: usize, b: usize) -> __m256i {
+    nibble_half_dots(&w.lo, &w.hi, q, nb, b)
+}
+
+/// `(d * dx) * isum`, `isum = dp - 8 xsum`.
+#[inline(always)]
+unsafe fn q4_0_half_update(w: &Q4Half, dp: __m256i, dx: f32, xsum: i32) -> __m256 {
+    let is = _mm256_sub_epi32(dp, _mm256_set1_epi32(xsum << 3));
+    _mm256_mul_ps(
+        _mm256_mul_ps(w.d, _mm256_set1_ps(dx)),
+        _mm256_cvtepi32_ps(is),
+    )
+}
+
+/// `((d * dx) * isum) + ((m * dx) * xsum)`.
+#[inline(always)]
+unsafe fn q4_1_half_update(w: &Q4Half, dp: __m256i, dx: f32, xsum: i32) -> __m256 {
+    let dxv = _mm256_set1_ps(dx);
+    _mm256_add_ps(
+        _mm256_mul_ps(_mm256_mul_ps(w.d, dxv), _mm256_cvtepi32_ps(dp)),
+        _mm256_mul_ps(_mm256_mul_ps(w.m, dxv), _mm256_set1_ps(xsum as f32)),
+    )
+}
+
+tile256!(q8_0_tile256, 544, q8_half, q8_half_dots, q8_half_update);
+tile256!(q4_0_tile256, 288, q4_0_half, q4_half_dots, q4_0_half_update);
+tile256!(q4_1_tile256, 320, q4_1_half, q4_half_dots, q4_1_half_update);
+
+/// Shuffle control that moves byte `k` of every 32-bit lane to its low byte, zeroing the rest.
+#[inline(always)]
+unsafe fn byte_of_lanes(k: i32) -> __m256i {
+    let z = 0x8080_8000u32 as i32;
+    let (a, b, c, d) = (z | k, z | (4 + k), z | (8 + k), z | (12 + k));
+    _mm256_setr_epi32(a, b, c, d, a, b, c, d)
+}
+
+/// Half `h` of the per-row `(d * sc, dmin * m)` of the 8 sub-blocks of a Q4_K tile
+/// super-block record (the vector form of `k4_unpack`, lane = row).
+#[inline(always)]
+unsafe fn q4k_half_params(rec: *const u8, h: usize, a: &mut [__m256; 8], bm: &mut [__m256; 8]) {
+    let d = f16x8(rec.add(16 * h));
+    let dmin = f16x8(rec.add(32 + 16 * h));
+    let u0 = ld(rec.add(64 + 32 * h));
+    let u1 = ld(rec.add(128 + 32 * h));
+    let u2 = ld(rec.add(192 + 32 * h));
+    let m3f = _mm256_set1_epi32(0x3f3f_3f3f);
+    let m0f = _mm256_set1_epi32(0x0f0f_0f0f);
+    let m30 = _mm256_set1_epi32(0x3030_3030);
+    let sc = [
+        _mm256_and_si256(u0, m3f),
+        _mm256_or_si256(
+            _mm256_and_si256(u2, m0f),
+            _mm256_and_si256(_mm256_srli_epi32::<2>(u0), m30),
+        ),
+    ];
+    let mn = [
+        _mm256_and_si256(u1, m3f),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(u2), m0f),
+            _mm256_and_si256(_mm256_srli_epi32::<2>(u1), m30),
+        ),
+    ];
+    for j in 0..8 {
+        let sel = byte_of_lanes((j % 4) as i32);
+        let s = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(sc[j / 4], sel));
+        let m = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(mn[j / 4], sel));
+        a[j] = _mm256_mul_ps(d, s);
+        bm[j] = _mm256_mul_ps(dmin, m);
+    }
+}
+
+/// Q4_K tiles against `NT` activation rows: per block `((d sc) dx) isum - ((dmin m) dx) xsum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_tile256<const NT: usize, const MT: usize>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let pf = prefetch_ahead_tiles(NT, true);
+    let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
+    let mut a = [[[_mm256_setzero_ps(); 8]; 2]; MT];
+    let mut bm = [[[_mm256_setzero_ps(); 8]; 2]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * Q4K_TILE_SB);
+                if j.is_multiple_of(8) {
+                    prefetch(sb, pf, 256);
+                    for h in 0..2 {
+                        q4k_half_params(sb, h, &mut a[m][h], &mut bm[m][h]);
+                    }
+                }
+                let nib = sb.add(256 + 256 * (j % 8));
+                prefetch(nib, pf, 256);
+                for h in 0..2 {
+                    let (lo, hi) = nibbles_half(nib, h);
+                    for t in 0..NT {
+                        let dp = nibble_half_dots(&lo, &hi, x.q[t], nb, b);
+                        let dx = _mm256_set1_ps(*x.d[t].add(b));
+                        let xs = _mm256_set1_ps(*x.s[t].add(b) as f32);
+                        let v = _mm256_sub_ps(
+                            _mm256_mul_ps(
+                                _mm256_mul_ps(a[m][h][j % 8], dx),
+                                _mm256_cvtepi32_ps(dp),
+                            ),
+                            _mm256_mul_ps(_mm256_mul_ps(bm[m][h][j % 8], dx), xs),
+                        );
+                        acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
+                    }
+                }
+            }
+        });
+        b0 += g;
+    }
+    store(&acc, out, stride);
+}
+
+/// Q6_K tiles against `NT` activation rows: per block
+/// `(d dx) (sc_lo (dp_lo - 32 xsum_lo) + sc_hi (dp_hi - 32 xsum_hi))`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_tile256<const NT: usize, const MT: usize>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let pf = prefetch_ahead_tiles(NT, true);
+    let m0f = _mm256_set1_epi8(0x0f);
+    let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * Q6K_TILE_SB);
+                let sub = sb.add(32 + Q6K_TILE_SUB * (j % 8));
+                prefetch(sub, pf, Q6K_TILE_SUB);
+                for h in 0..2 {
+                    let d = f16x8(sb.add(16 * h));
+                    let sc_lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(sub.add(8 * h) as *const _));
+                    let sc_hi =
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(sub.add(16 + 8 * h) as *const _));
+                    let h0 = ld(sub.add(288 + 32 * h));
+                    let h1 = ld(sub.add(352 + 32 * h));
+                    let mut q = [m0f; 8];
+                    for p in 0..4 {
+                        let v = ld(sub.add(32 + 64 * p + 32 * h));
+                        q[p] = _mm256_or_si256(_mm256_and_si256(v, m0f), q6_high256(h0, p));
+                        q[p + 4] = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f),
+                            q6_high256(h1, p),
+                        );
+                    }
+                    for t in 0..NT {
+                        let xq = x.q[t];
+                        let mut s = [_mm256_setzero_si256(); 4];
+                        for k in (0..8).step_by(2) {
+                            s[k / 2] = madd1(_mm256_add_epi16(
+                                _mm256_maddubs_epi16(q[k], xb8(xq, nb, b, k)),
+                                _mm256_maddubs_epi16(q[k + 1], xb8(xq, nb, b, k + 1)),
+                            ));
+                        }
+                        let lo = _mm256_sub_epi32(
+                            _mm256_add_epi32(s[0], s[1]),
+                            _mm256_set1_epi32(*x.lo[t].add(b) << 5),
+                        );
+                        let hi = _mm256_sub_epi32(
+                            _mm256_add_epi32(s[2], s[3]),
+                            _mm256_set1_epi32(*x.hi[t].add(b) << 5),
+                        );
+                        let is = _mm256_add_epi32(
+                            _mm256_mullo_epi32(sc_lo, lo),
+                            _mm256_mullo_epi32(sc_hi, hi),
+                        );
+                        let dx = _mm256_set1_ps(*x.d[t].add(b));
+                        let v = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(is));
+                        acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
+                    }
+                }
+            }
+        });
+        b0 += g;
+    }
+    store(&acc, out, stride);
+}
+
+/// AVX2 over `MT` tiles read in block lockstep, for activation rows `t0..t0+nt`; writes
+/// `out[m][t * stride + r]` for `r < 16`.
+///
+/// # Safety
+/// The `Avx2` path must be available; each `w[m]` points to one tile of `fmt` with `n_in`
+/// columns, `x` has at least `t0 + nt` rows, `out` is valid for the writes.
+#[allow(clippy::too_many_arguments)]
+pub(in super::super) unsafe fn tiles_avx2<const MT: usize>(
+    fmt: WeightFormat,
+    w: [*const u8; MT],
+    n_in: usize,
+    x: &QuantizedActs,
+    t0: usize,
+    nt: usize,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let nb = n_in / QK;
+    macro_rules! go {
+        ($f:ident) => {
+            match nt {
+                1 => $f::<1, MT>(w, nb, &xp::<1>(x, t0), out, stride),
+                2 => $f::<2, MT>(w, nb, &xp::<2>(x, t0), out, stride),
+                3 => $f::<3, MT>(w, nb, &xp::<3>(x, t0), out, stride),
+                _ => $f::<4, MT>(w, nb, &xp::<4>(x, t0), out, stride),
+            }
+        };
+    }
+    match fmt {
+        WeightFormat::Q8_0 => go!(q8_0_tile256),
+        WeightFormat::Q4_0 => go!(q4_0_tile256),
+        WeightFormat::Q4_1 => go!(q4_1_tile256),
+        WeightFormat::Q4K => go!(q4k_tile256),
+        WeightFormat::Q6K => go!(q6k_tile256),
+    }
+}
