@@ -277,7 +277,8 @@ fn quantize_block_scalar(xb: &[f32; QK]) -> (f32, [i8; QK]) {
     (d, q)
 }
 
-/// [`quantize_block_scalar`], with AVX-512 or AVX2 when `simd` is that path (the same bits:
+/// [`quantize_block_scalar`], with AVX-512 or AVX2 when `simd` is that path (an available
+/// one; others use the scalar code) (the same bits:
 /// the max is exact in any order, the division is IEEE, and the rounding is the same exact
 /// steps).
 #[inline]
@@ -334,10 +335,7 @@ impl QuantizedActs {
         );
         assert!(x.len() >= n_rows * n_in, "x is shorter than n_rows * n_in");
         let nb = n_in / QK;
-        let simd = [KernelPath::Avx512Vnni, KernelPath::Avx2]
-            .into_iter()
-            .find(|p| p.is_available())
-            .unwrap_or(KernelPath::Scalar);
+        let simd = KernelPath::detect();
         self.n_rows = n_rows;
         self.n_in = n_in;
         self.q_stride = n_in.next_multiple_of(64);
@@ -705,7 +703,7 @@ unsafe fn run_tiles(
 /// Tiles `first..first + MT` against all `n_rows` activation rows, `TILE` rows per call.
 ///
 /// # Safety
-/// As [`run_tiles`] on the AVX-512 VNNI path, for those tiles.
+/// As [`run_tiles`] on the AVX-512 VNNI or AVX2 path, for those tiles.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_group<const MT: usize>(
     path: KernelPath,

@@ -84,9 +84,9 @@ unsafe fn madd1(v: __m256i) -> __m256i {
 }
 
 /// `MT` tiles of a tiled block-32 format against `NT` activation rows. `$rec`: record bytes;
-/// `$prep(rec, h)` loads half `h` of a record's scales and granules; `$dots(prep, xb)` is the
-/// raw integer dot with one activation row's 8 broadcast granules of the block; `$update`
-/// turns it into the block's canonical float value. Both halves are prepared before the
+/// `$prep(rec, h)` loads half `h` of a record's scales and granules; `$dots(&[prep; 2], xb)`
+/// is the raw integer dot of both halves with one activation row's 8 broadcast granules of
+/// the block; `$update` turns a half's dot into the block's canonical float value. Both halves are prepared before the
 /// activation rows, so each broadcast granule serves 16 rows: with several activation rows the
 /// kernel is compute-bound, and broadcasting per half made Phi-4-mini q8_0 prefill 20% slower
 /// than the rows layout (V23).
@@ -112,10 +112,9 @@ macro_rules! tile256 {
                         prefetch(rec, pf, $rec);
                         let wv = [$prep(rec, 0), $prep(rec, 1)];
                         for t in 0..NT {
-                            let xb = xgranules(x.q[t], nb, b);
+                            let isum = $dots(&wv, &xgranules(x.q[t], nb, b));
                             for h in 0..2 {
-                                let isum = $dots(&wv[h], &xb);
-                                let v = $update(&wv[h], isum, *x.d[t].add(b), *x.s[t].add(b));
+                                let v = $update(&wv[h], isum[h], *x.d[t].add(b), *x.s[t].add(b));
                                 acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
                             }
                         }
@@ -207,8 +206,11 @@ unsafe fn nibble_half_dots(lo: &[__m256i; 4], hi: &[__m256i; 4], xb: &[__m256i; 
 }
 
 #[inline(always)]
-unsafe fn q4_half_dots(w: &Q4Half, xb: &[__m256i; 8]) -> __m256i {
-    nibble_half_dots(&w.lo, &w.hi, xb)
+unsafe fn q4_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
+    [
+        nibble_half_dots(&w[0].lo, &w[0].hi, xb),
+        nibble_half_dots(&w[1].lo, &w[1].hi, xb),
+    ]
 }
 
 /// `(d * dx) * isum`, `isum = dp - 8 xsum`.
@@ -231,54 +233,35 @@ unsafe fn q4_1_half_update(w: &Q4Half, dp: __m256i, dx: f32, xsum: i32) -> __m25
     )
 }
 
-/// Q8_0 tiles: as `tile256!`, with the two halves' dots interleaved granule by granule (four
-/// independent chains instead of two; prefill was ~10% faster than the macro's order).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_tile256<const NT: usize, const MT: usize>(
-    w: [*const u8; MT],
-    nb: usize,
-    x: &Xp<NT>,
-    out: [*mut f32; MT],
-    stride: usize,
-) {
-    let pf = prefetch_ahead_tiles(NT, false);
-    let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
-    let mut b0 = 0;
-    while b0 < nb {
-        let g = (nb - b0).min(GROUP);
-        lanes16!(j < g, {
-            let b = b0 + j;
-            for m in 0..MT {
-                let rec = w[m].add(b * 544);
-                prefetch(rec, pf, 544);
-                let wv = [q8_half(rec, 0), q8_half(rec, 1)];
-                for t in 0..NT {
-                    let xb = xgranules(x.q[t], nb, b);
-                    let mut s = [[_mm256_setzero_si256(); 2]; 2];
-                    for k in 0..8 {
-                        for h in 0..2 {
-                            let p = _mm256_maddubs_epi16(
-                                wv[h].a[k],
-                                _mm256_sign_epi8(xb[k], wv[h].q[k]),
-                            );
-                            s[h][k / 4] = _mm256_add_epi32(s[h][k / 4], madd1(p));
-                        }
-                    }
-                    let dx = _mm256_set1_ps(*x.d[t].add(b));
-                    for h in 0..2 {
-                        let isum = _mm256_add_epi32(s[h][0], s[h][1]);
-                        let v = _mm256_mul_ps(_mm256_mul_ps(wv[h].d, dx), _mm256_cvtepi32_ps(isum));
-                        acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
-                    }
-                }
-            }
-        });
-        b0 += g;
+/// Raw `sum(q * x)` of both halves, interleaved granule by granule: four independent chains
+/// instead of two (q8_0 prefill ~10% faster than one half after the other).
+#[inline(always)]
+unsafe fn q8_dots(w: &[Q8Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
+    let mut s = [[_mm256_setzero_si256(); 2]; 2];
+    for k in 0..8 {
+        for h in 0..2 {
+            let p = _mm256_maddubs_epi16(w[h].a[k], _mm256_sign_epi8(xb[k], w[h].q[k]));
+            s[h][k / 4] = _mm256_add_epi32(s[h][k / 4], madd1(p));
+        }
     }
-    store(&acc, out, stride);
+    [
+        _mm256_add_epi32(s[0][0], s[0][1]),
+        _mm256_add_epi32(s[1][0], s[1][1]),
+    ]
 }
-tile256!(q4_0_tile256, 288, q4_0_half, q4_half_dots, q4_0_half_update);
-tile256!(q4_1_tile256, 320, q4_1_half, q4_half_dots, q4_1_half_update);
+
+/// `(d * dx) * isum`.
+#[inline(always)]
+unsafe fn q8_update(w: &Q8Half, isum: __m256i, dx: f32, _xsum: i32) -> __m256 {
+    _mm256_mul_ps(
+        _mm256_mul_ps(w.d, _mm256_set1_ps(dx)),
+        _mm256_cvtepi32_ps(isum),
+    )
+}
+
+tile256!(q8_0_tile256, 544, q8_half, q8_dots, q8_update);
+tile256!(q4_0_tile256, 288, q4_0_half, q4_dots, q4_0_half_update);
+tile256!(q4_1_tile256, 320, q4_1_half, q4_dots, q4_1_half_update);
 
 /// Shuffle control that moves byte `k` of every 32-bit lane to its low byte, zeroing the rest.
 #[inline(always)]
