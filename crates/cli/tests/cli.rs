@@ -344,6 +344,23 @@ fn every_kernel_path_gives_the_same_logits() {
     } else if std::env::var("VERISPEC_REQUIRE_MODELS").as_deref() == Ok("1") {
         panic!("{} is missing: run scripts/fetch-models.sh", smol.display());
     }
+    // K-quant mixes (Q4_K, Q5_K, Q6_K) on a synthesized tiny phi3 (rows of one super-block).
+    let dir = std::env::temp_dir().join(format!("verispec-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for ty in ["q4_k_m", "q5_k_m"] {
+        let path = dir.join(format!("tiny-{ty}.gguf"));
+        let o = run(&[
+            "synth",
+            "--preset",
+            "tiny-phi3",
+            "--type",
+            ty,
+            "-o",
+            path.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "synth {ty}: {}", stderr(&o));
+        models.push(path.to_string_lossy().into_owned());
+    }
     let ids = "1,504,2000,17,42,977,12,640,88,1500,7,301,29,1024,5,61";
     for model in &models {
         let mut first: Option<(String, Vec<u8>)> = None;
@@ -379,4 +396,5 @@ fn every_kernel_path_gives_the_same_logits() {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

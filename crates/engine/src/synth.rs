@@ -33,6 +33,7 @@ pub enum Preset {
 pub enum SynthType {
     Q8_0,
     Q4KM,
+    Q5KM,
     F16,
 }
 
@@ -41,6 +42,7 @@ impl SynthType {
         match s {
             "q8_0" => Some(SynthType::Q8_0),
             "q4_k_m" => Some(SynthType::Q4KM),
+            "q5_k_m" => Some(SynthType::Q5KM),
             "f16" => Some(SynthType::F16),
             _ => None,
         }
@@ -184,11 +186,17 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
                     *q = ((r.next() % 255) as i32 - 127) as i8 as u8;
                 }
             }
-            GgmlType::Q4K => {
-                // d * sc * (q - 7.5): sc in 32..64, std of (q - 7.5) is 4.61.
-                let d = spread / 4.61 / 47.5;
+            GgmlType::Q4K | GgmlType::Q5K => {
+                // d * sc * (q - 7.5): sc in 32..64, std of (q - 7.5) is 4.61 (Q5_K: q - 15.5,
+                // std 9.23).
+                let (mid, std) = if ty == GgmlType::Q5K {
+                    (15.5, 9.23)
+                } else {
+                    (7.5, 4.61)
+                };
+                let d = spread / std / 47.5;
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-                b[2..4].copy_from_slice(&f16::from_f32(7.5 * d).to_le_bytes());
+                b[2..4].copy_from_slice(&f16::from_f32(mid * d).to_le_bytes());
                 let sc: [u8; 8] = std::array::from_fn(|_| 32 + (r.next() % 32) as u8);
                 // 6-bit scales and mins packed as ggml's get_scale_min_k4 reads them; mins = scales.
                 let s = &mut b[4..16];
@@ -306,6 +314,7 @@ pub fn synth(
     let file_type: u32 = match opts.ty {
         SynthType::Q8_0 => 7,
         SynthType::Q4KM => 15,
+        SynthType::Q5KM => 17,
         SynthType::F16 => 1,
     };
     w.set_kv("general.file_type", Value::U32(file_type));
@@ -316,8 +325,9 @@ pub fn synth(
     let mat = |is_more: bool| match opts.ty {
         SynthType::Q8_0 => GgmlType::Q8_0,
         SynthType::F16 => GgmlType::F16,
-        SynthType::Q4KM if is_more => GgmlType::Q6K,
+        SynthType::Q4KM | SynthType::Q5KM if is_more => GgmlType::Q6K,
         SynthType::Q4KM => GgmlType::Q4K,
+        SynthType::Q5KM => GgmlType::Q5K,
     };
     let (d, ff) = (sh.n_embd as u64, sh.n_ff as u64);
     let mut plan: Vec<Planned> = Vec::new();
@@ -493,7 +503,13 @@ mod tests {
 
     #[test]
     fn generated_blocks_have_the_intended_spread() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+            GgmlType::F16,
+        ] {
             let n_blocks = 64;
             let mut bytes = vec![0u8; n_blocks * ty.type_size()];
             gen_blocks(ty, 0.02, 7, &mut bytes);

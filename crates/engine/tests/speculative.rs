@@ -343,41 +343,50 @@ fn exactness_guard_reports_a_divergence() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A q4_k_m model (Q4_K and Q6_K weights: 16-row tiles where AVX-512 VNNI runs, rows
-/// elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread the bits of 2, and
-/// speculative decoding (with the exactness guard) the tokens of greedy decoding.
+/// q4_k_m and q5_k_m models (Q4_K / Q5_K and Q6_K weights: 16-row tiles where AVX-512 VNNI
+/// or AVX2 runs, rows elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread
+/// the bits of 2, and speculative decoding (with the exactness guard) the tokens of greedy
+/// decoding.
 #[test]
 fn k_quant_model_is_batch_invariant_and_speculation_is_exact() {
     // "2 threads" must mean two threads even while other tests keep the CPUs busy.
     verispec::backend::cpu::set_contention_guard(false);
     use verispec::synth::SynthType;
-    let (dir, model) = synth_tiny("kquant", SynthType::Q4KM, 3);
-    let mut per_threads = Vec::new();
-    for threads in [1, 2] {
-        let engine = Engine::load(
-            &model,
-            LoadOptions {
-                path: ComputePath::Fast,
-                threads,
-                n_ctx: Some(256),
-            },
-        )
-        .unwrap();
-        let input = lcg_prompt(11, 24, engine.cfg.n_vocab as u32);
-        let r = common::block_vs_steps(&engine, &input, 20, 4);
-        assert_eq!(
-            r.block_logits, r.step_logits,
-            "{threads} threads: block != steps"
-        );
-        assert_eq!(r.block_kv, r.step_kv, "{threads} threads: KV rows differ");
-        per_threads.push(r.block_logits);
-        if threads == 2 {
-            let prompt = [input[..8].to_vec(), input[..8].to_vec()].concat();
-            let want = greedy_ids(&engine, &prompt, 40);
-            let (got, _) = spec_ids(&engine, &prompt, 40, 4, (1, 8), true);
-            assert_eq!(got, want, "speculative != greedy");
+    for (tag, ty, seed) in [("kquant", SynthType::Q4KM, 3), ("q5km", SynthType::Q5KM, 5)] {
+        let (dir, model) = synth_tiny(tag, ty, seed);
+        let mut per_threads = Vec::new();
+        for threads in [1, 2] {
+            let engine = Engine::load(
+                &model,
+                LoadOptions {
+                    path: ComputePath::Fast,
+                    threads,
+                    n_ctx: Some(256),
+                },
+            )
+            .unwrap();
+            let input = lcg_prompt(11, 24, engine.cfg.n_vocab as u32);
+            let r = common::block_vs_steps(&engine, &input, 20, 4);
+            assert_eq!(
+                r.block_logits, r.step_logits,
+                "{tag} {threads} threads: block != steps"
+            );
+            assert_eq!(
+                r.block_kv, r.step_kv,
+                "{tag} {threads} threads: KV rows differ"
+            );
+            per_threads.push(r.block_logits);
+            if threads == 2 {
+                let prompt = [input[..8].to_vec(), input[..8].to_vec()].concat();
+                let want = greedy_ids(&engine, &prompt, 40);
+                let (got, _) = spec_ids(&engine, &prompt, 40, 4, (1, 8), true);
+                assert_eq!(got, want, "{tag}: speculative != greedy");
+            }
         }
+        assert_eq!(
+            per_threads[0], per_threads[1],
+            "{tag}: 1 thread != 2 threads"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
-    assert_eq!(per_threads[0], per_threads[1], "1 thread != 2 threads");
-    let _ = std::fs::remove_dir_all(dir);
 }

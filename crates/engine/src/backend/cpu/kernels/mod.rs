@@ -18,7 +18,7 @@
 //!    `acc[b % 16] = acc[b % 16] + v_b`, blocks in increasing order, with `v_b` (no FMA):
 //!    - Q8_0, Q4_0: `v = (dw * dx) * isum`
 //!    - Q4_1:       `v = ((dw * dx) * isum) + ((mw * dx) * xsum)`
-//!    - Q4_K:       `v = ((a * dx) * isum) - ((bm * dx) * xsum)`, `a = d * sc_j`, `bm = dmin * m_j`
+//!    - Q4_K, Q5_K: `v = ((a * dx) * isum) - ((bm * dx) * xsum)`, `a = d * sc_j`, `bm = dmin * m_j`
 //!    - Q6_K:       `v = (d * dx) * isum`, `isum = sc_lo * isum_lo + sc_hi * isum_hi` (16-element halves)
 //!
 //!    `dw`, `mw`, `d`, `dmin` are the f16 weight scales widened to f32 (exact), `dx` the f32
@@ -40,7 +40,7 @@
 //! 16 different blocks and accumulates 16 per-block sums in its 16 lanes: no horizontal
 //! reductions at all. See [`PackedMatrix`] for the byte layout of each format; the packed
 //! matrix has exactly the size of the GGUF tensor (it is a permutation of its bytes, plus the
-//! Q4_K/Q6_K nibble re-ordering).
+//! K-quant nibble re-ordering).
 
 mod pack;
 mod scalar;
@@ -320,7 +320,7 @@ pub struct QuantizedActs {
 
 impl QuantizedActs {
     /// Quantizes `x` (`[n_rows, n_in]`, row-major). `n_in` must be a multiple of 32
-    /// (of 256 to be used with Q4_K / Q6_K weights).
+    /// (of 256 to be used with K-quant weights).
     pub fn quantize(x: &[f32], n_rows: usize, n_in: usize) -> QuantizedActs {
         let mut a = QuantizedActs::default();
         a.quantize_into(x, n_rows, n_in);

@@ -45,7 +45,7 @@ unsafe fn ld16(p: *const u8, n: usize) -> uint8x16_t {
 }
 
 /// Signed weight quants of granule `k` (0..8) for lanes `4c..4c+4` of a group, centred like
-/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q`, Q6_K `q - 32`.
+/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K / Q5_K `q`, Q6_K `q - 32`.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn weight_granule(
@@ -69,6 +69,14 @@ unsafe fn weight_granule(
         WeightFormat::Q4_0 => vsubq_s8(vreinterpretq_s8_u8(nib(2 * g)), vdupq_n_s8(8)),
         WeightFormat::Q4_1 => vreinterpretq_s8_u8(nib(4 * g)),
         WeightFormat::Q4K => vreinterpretq_s8_u8(nib(16 * (g / 8))),
+        WeightFormat::Q5K => {
+            // Fifth bits: bit `k % 4` of the high-bit granule for elements 0..16, bit
+            // `4 + k % 4` for 16..32, moved to bit 4.
+            let h = ld16(wg.add(16 * (g / 8) + 16 * g + 16 * c), n);
+            let shift = vdupq_n_s8(4 - (k as i8));
+            let high = vandq_u8(vshlq_u8(h, shift), vdupq_n_u8(0x10));
+            vreinterpretq_s8_u8(vorrq_u8(nib(16 * (g / 8)), high))
+        }
         WeightFormat::Q6K => {
             let s = g / 8;
             let low = nib(2 * s + 2 * g);

@@ -12,13 +12,16 @@
 //! | Q4_0 | `d: [f16; g]`, then 4 nibble granules | 18 g |
 //! | Q4_1 | `d: [f16; g]`, `m: [f16; g]`, then 4 nibble granules | 20 g |
 //! | Q4_K | `d: [f16; S]`, `dmin: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 4 nibble granules | 144 S |
+//! | Q5_K | Q4_K's sections (nibbles = low 4 bits), then 1 high-bit granule | 176 S |
 //! | Q6_K | `d: [f16; S]`, `sc_lo: [i8; g]`, `sc_hi: [i8; g]`, 4 nibble granules (low 4 bits), 2 high-bit granules | 210 S |
 //!
 //! Nibble granule `p` (0..4): byte `e` of lane `i` holds element `4p + e` of the block in its
 //! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
 //! Q6_K sub-blocks are re-nibbled into it). Q6_K high-bit granule `r` (0..2): byte `e` of lane
 //! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
-//! the scales of elements 0..16 / 16..32 of block `i`.
+//! the scales of elements 0..16 / 16..32 of block `i`. Q5_K high-bit granule: byte `e` of lane
+//! `i`, bit `p` = bit 4 of element `4p + e` and bit `4 + p` = bit 4 of element `16 + 4p + e`
+//! (`p` in 0..4), so nibble granule `p` finds its fifth bits at one shift of the granule.
 //!
 //! **Row tiles** (`Layout::Tiles16`, every native format when `n_out % 16 == 0` and the
 //! AVX-512 VNNI or AVX2 kernels run; AVX2 reads each 64-byte section as two halves of 8 rows):
@@ -40,6 +43,7 @@
 //! | format | record of super-block `s` (16 rows) | bytes |
 //! |--------|-------------------------------------|-------|
 //! | Q4_K | `d: [f16; 16]`, `dmin: [f16; 16]`, 3 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 12 packed scale bytes), then per sub-block `j` 4 nibble granules (256 bytes) | 2304 |
+//! | Q5_K | Q4_K's first 256 bytes, then per sub-block `j` (320 bytes): 4 nibble granules (low 4 bits), 1 high-bit granule (64 bytes) | 2816 |
 //! | Q6_K | `d: [f16; 16]`, then per sub-block `j` (416 bytes): `sc_lo: [i8; 16]`, `sc_hi: [i8; 16]`, 4 nibble granules (low 4 bits, 256 bytes), 2 high-bit granules (128 bytes) | 3360 |
 //!
 //! K-quant nibble and high-bit granules are those of the rows layout with lane = row: nibble
@@ -65,15 +69,17 @@ pub enum WeightFormat {
     Q4_0,
     Q4_1,
     Q4K,
+    Q5K,
     Q6K,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 5] = [
+    pub const ALL: [WeightFormat; 6] = [
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
         WeightFormat::Q4K,
+        WeightFormat::Q5K,
         WeightFormat::Q6K,
     ];
 
@@ -83,6 +89,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => GgmlType::Q4_0,
             WeightFormat::Q4_1 => GgmlType::Q4_1,
             WeightFormat::Q4K => GgmlType::Q4K,
+            WeightFormat::Q5K => GgmlType::Q5K,
             WeightFormat::Q6K => GgmlType::Q6K,
         }
     }
@@ -105,6 +112,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => 18 * g,
             WeightFormat::Q4_1 => 20 * g,
             WeightFormat::Q4K => 144 * (g / 8),
+            WeightFormat::Q5K => 176 * (g / 8),
             WeightFormat::Q6K => 210 * (g / 8),
         }
     }
@@ -406,7 +414,7 @@ impl PackedMatrix {
 }
 
 /// Weight quants of lane `i` of a group as integers, centred where the format has an
-/// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q6_K `q - 32`.
+/// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q5_K `q` (0..32), Q6_K `q - 32`.
 #[inline(always)]
 pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mut [i32; QK]) {
     match fmt {
@@ -426,6 +434,16 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
                 let byte = wg[base + (j / 4) * 4 * g + 4 * i + j % 4];
                 q[j] = i32::from(byte & 0x0f) - off;
                 q[j + 16] = i32::from(byte >> 4) - off;
+            }
+        }
+        WeightFormat::Q5K => {
+            let base = 16 * (g / 8);
+            for j in 0..16 {
+                let (p, e) = (j / 4, j % 4);
+                let byte = wg[base + p * 4 * g + 4 * i + e];
+                let h = wg[base + 16 * g + 4 * i + e];
+                q[j] = i32::from((byte & 0x0f) | ((h >> p) & 1) << 4);
+                q[j + 16] = i32::from((byte >> 4) | ((h >> (4 + p)) & 1) << 4);
             }
         }
         WeightFormat::Q6K => {
@@ -451,7 +469,7 @@ pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (
     match fmt {
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => (f16_at(wg, 2 * i), 0.0),
         WeightFormat::Q4_1 => (f16_at(wg, 2 * i), f16_at(wg, 2 * g + 2 * i)),
-        WeightFormat::Q4K => {
+        WeightFormat::Q4K | WeightFormat::Q5K => {
             let s = g / 8;
             let sb = i / 8;
             let d = f16_at(wg, 2 * sb);
@@ -483,7 +501,7 @@ fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) 
         *yk = match fmt {
             WeightFormat::Q8_0 | WeightFormat::Q4_0 => qf * a,
             WeightFormat::Q4_1 => qf * a + m,
-            WeightFormat::Q4K => a * qf - m,
+            WeightFormat::Q4K | WeightFormat::Q5K => a * qf - m,
             WeightFormat::Q6K => {
                 let (lo, hi) = lane_q6_scales(wg, g, i);
                 let sc = if k < 16 { lo } else { hi };
@@ -493,7 +511,7 @@ fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) 
     }
 }
 
-/// Unpacked K-quant super-block: 256 integer quants (Q4_K 0..16, Q6_K 0..64).
+/// Unpacked K-quant super-block: 256 integer quants (Q4_K 0..16, Q5_K 0..32, Q6_K 0..64).
 fn unpack_q4k(b: &[u8], q: &mut [u8; 256]) {
     let qs = &b[16..144];
     for c in 0..4 {
@@ -501,6 +519,35 @@ fn unpack_q4k(b: &[u8], q: &mut [u8; 256]) {
             let v = qs[32 * c + l];
             q[64 * c + l] = v & 0x0f;
             q[64 * c + 32 + l] = v >> 4;
+        }
+    }
+}
+
+fn unpack_q5k(b: &[u8], q: &mut [u8; 256]) {
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    for c in 0..4 {
+        for l in 0..32 {
+            let v = qs[32 * c + l];
+            q[64 * c + l] = (v & 0x0f) | ((qh[l] >> (2 * c)) & 1) << 4;
+            q[64 * c + 32 + l] = (v >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4;
+        }
+    }
+}
+
+/// The inverse of [`unpack_q4k`] / [`unpack_q5k`]: 256 quants into the GGUF block `b`
+/// (its header untouched).
+fn repack_k(fmt: WeightFormat, q: &[u8; 256], b: &mut [u8]) {
+    let qs0 = if fmt == WeightFormat::Q5K { 48 } else { 16 };
+    if fmt == WeightFormat::Q5K {
+        b[16..48].fill(0);
+    }
+    for c in 0..4 {
+        for l in 0..32 {
+            let (lo, hi) = (q[64 * c + l], q[64 * c + 32 + l]);
+            b[qs0 + 32 * c + l] = (lo & 0x0f) | (hi & 0x0f) << 4;
+            if fmt == WeightFormat::Q5K {
+                b[16 + l] |= (lo >> 4) << (2 * c) | (hi >> 4) << (2 * c + 1);
+            }
         }
     }
 }
@@ -526,11 +573,34 @@ fn put_nibbles(dst: &mut [u8], base: usize, g: usize, i: usize, q: &[u8]) {
     }
 }
 
+/// Writes the Q5_K high bits of one 32-element block (`q` = its 32 values, each < 32) into
+/// lane `i` of the high-bit granule at `dst[base..]`.
+fn put_high5(dst: &mut [u8], base: usize, i: usize, q: &[u8]) {
+    for e in 0..4 {
+        let mut byte = 0u8;
+        for p in 0..4 {
+            byte |= (q[4 * p + e] >> 4) << p | (q[16 + 4 * p + e] >> 4) << (4 + p);
+        }
+        dst[base + 4 * i + e] = byte;
+    }
+}
+
+/// The inverse of [`put_high5`]: ORs the fifth bits of lane `i`'s block into `q`.
+fn get_high5(src: &[u8], base: usize, i: usize, q: &mut [u8]) {
+    for e in 0..4 {
+        let byte = src[base + 4 * i + e];
+        for p in 0..4 {
+            q[4 * p + e] |= ((byte >> p) & 1) << 4;
+            q[16 + 4 * p + e] |= ((byte >> (4 + p)) & 1) << 4;
+        }
+    }
+}
+
 /// Packs one GGUF row of `fmt` into `dst` (one packed row).
 pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
     let ts = fmt.ggml_type().type_size();
     let nb = match fmt {
-        WeightFormat::Q4K | WeightFormat::Q6K => src.len() / ts * 8,
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => src.len() / ts * 8,
         _ => src.len() / ts,
     };
     let (mut b0, mut off) = (0, 0);
@@ -563,7 +633,7 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                     }
                 }
             }
-            WeightFormat::Q4K => {
+            WeightFormat::Q4K | WeightFormat::Q5K => {
                 let s = g / 8;
                 let mut q = [0u8; 256];
                 for sb in 0..s {
@@ -571,9 +641,17 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                     wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[0..2]);
                     wg[2 * s + 2 * sb..2 * s + 2 * sb + 2].copy_from_slice(&blk[2..4]);
                     wg[4 * s + 12 * sb..4 * s + 12 * sb + 12].copy_from_slice(&blk[4..16]);
-                    unpack_q4k(blk, &mut q);
+                    if fmt == WeightFormat::Q5K {
+                        unpack_q5k(blk, &mut q);
+                    } else {
+                        unpack_q4k(blk, &mut q);
+                    }
                     for j in 0..8 {
-                        put_nibbles(wg, 16 * s, g, 8 * sb + j, &q[32 * j..32 * j + 32]);
+                        let qb = &q[32 * j..32 * j + 32];
+                        put_nibbles(wg, 16 * s, g, 8 * sb + j, qb);
+                        if fmt == WeightFormat::Q5K {
+                            put_high5(wg, 16 * s + 16 * g, 8 * sb + j, qb);
+                        }
                     }
                 }
             }
@@ -616,7 +694,7 @@ fn tile_record(fmt: WeightFormat) -> (usize, usize) {
         WeightFormat::Q8_0 => (34 * TILE_ROWS, 32),
         WeightFormat::Q4_0 => (18 * TILE_ROWS, 32),
         WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
-        WeightFormat::Q4K | WeightFormat::Q6K => {
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
             unreachable!("K-quant tiles have super-block records")
         }
     }
@@ -631,28 +709,48 @@ fn get_nibbles(src: &[u8], base: usize, g: usize, i: usize, q: &mut [u8]) {
     }
 }
 
-/// Q4_K row `src` (GGUF super-blocks) as row `r` of a tile.
-fn q4k_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
+/// Q4_K / Q5_K tile records: (GGUF block bytes, record bytes, sub-block bytes after the
+/// 256-byte header).
+fn k4_tile_sizes(fmt: WeightFormat) -> (usize, usize, usize) {
+    if fmt == WeightFormat::Q5K {
+        (176, Q5K_TILE_SB, Q5K_TILE_SUB)
+    } else {
+        (144, Q4K_TILE_SB, 256)
+    }
+}
+
+/// Q4_K / Q5_K row `src` (GGUF super-blocks) as row `r` of a tile.
+fn q4k_tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let (ts, rec, sub) = k4_tile_sizes(fmt);
     let mut q = [0u8; 256];
-    for (s, blk) in src.chunks_exact(144).enumerate() {
-        let d = &mut dst[s * Q4K_TILE_SB..(s + 1) * Q4K_TILE_SB];
+    for (s, blk) in src.chunks_exact(ts).enumerate() {
+        let d = &mut dst[s * rec..(s + 1) * rec];
         d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
         d[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
         for k in 0..3 {
             d[64 + 64 * k + 4 * r..68 + 64 * k + 4 * r].copy_from_slice(&blk[4 + 4 * k..8 + 4 * k]);
         }
-        unpack_q4k(blk, &mut q);
+        if fmt == WeightFormat::Q5K {
+            unpack_q5k(blk, &mut q);
+        } else {
+            unpack_q4k(blk, &mut q);
+        }
         for j in 0..8 {
             // A tile's nibble granules are a group's with 16 lanes, lane = row.
-            put_nibbles(d, 256 + 256 * j, TILE_ROWS, r, &q[32 * j..32 * j + 32]);
+            let qb = &q[32 * j..32 * j + 32];
+            put_nibbles(d, 256 + sub * j, TILE_ROWS, r, qb);
+            if fmt == WeightFormat::Q5K {
+                put_high5(d, 256 + sub * j + 256, r, qb);
+            }
         }
     }
 }
 
-/// Row `r` of a Q4_K tile back as GGUF super-blocks.
-fn q4k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
-    for (s, blk) in dst.chunks_exact_mut(144).enumerate() {
-        let t = &src[s * Q4K_TILE_SB..(s + 1) * Q4K_TILE_SB];
+/// Row `r` of a Q4_K / Q5_K tile back as GGUF super-blocks.
+fn q4k_tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let (ts, rec, sub) = k4_tile_sizes(fmt);
+    for (s, blk) in dst.chunks_exact_mut(ts).enumerate() {
+        let t = &src[s * rec..(s + 1) * rec];
         blk[0..2].copy_from_slice(&t[2 * r..2 * r + 2]);
         blk[2..4].copy_from_slice(&t[32 + 2 * r..34 + 2 * r]);
         for k in 0..3 {
@@ -660,14 +758,13 @@ fn q4k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
         }
         let mut q = [0u8; 256];
         for j in 0..8 {
-            get_nibbles(t, 256 + 256 * j, TILE_ROWS, r, &mut q[32 * j..32 * j + 32]);
-        }
-        // GGUF: byte `l` of chunk `c` holds element `64c + l` (low) and `64c + 32 + l` (high).
-        for c in 0..4 {
-            for l in 0..32 {
-                blk[16 + 32 * c + l] = q[64 * c + l] | (q[64 * c + 32 + l] << 4);
+            let qb = &mut q[32 * j..32 * j + 32];
+            get_nibbles(t, 256 + sub * j, TILE_ROWS, r, qb);
+            if fmt == WeightFormat::Q5K {
+                get_high5(t, 256 + sub * j + 256, r, qb);
             }
         }
+        repack_k(fmt, &q, blk);
     }
 }
 
@@ -737,6 +834,11 @@ fn q6k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
 
 /// Bytes of one super-block record of a Q4_K tile.
 pub(crate) const Q4K_TILE_SB: usize = 144 * TILE_ROWS;
+/// Bytes of one super-block record of a Q5_K tile.
+pub(crate) const Q5K_TILE_SB: usize = 176 * TILE_ROWS;
+/// Bytes of one sub-block of a Q5_K tile record (after its 256-byte header): 4 nibble
+/// granules and the high-bit granule, read together.
+pub(crate) const Q5K_TILE_SUB: usize = 320;
 /// Bytes of one super-block record of a Q6_K tile.
 pub(crate) const Q6K_TILE_SB: usize = 210 * TILE_ROWS;
 /// Bytes of one sub-block of a Q6_K tile record (after its 32 bytes of `d`). The kernel reads
@@ -747,7 +849,7 @@ pub(crate) const Q6K_TILE_SUB: usize = 416;
 /// Writes GGUF row `src` as row `r` of a tile (`dst` = the tile's bytes).
 fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
     match fmt {
-        WeightFormat::Q4K => return q4k_tile_put_row(src, dst, r),
+        WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_put_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_put_row(src, dst, r),
         _ => {}
     }
@@ -784,7 +886,7 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
 /// Reads row `r` of a tile back as a GGUF row (the inverse of [`tile_put_row`]).
 fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
     match fmt {
-        WeightFormat::Q4K => return q4k_tile_get_row(src, dst, r),
+        WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_get_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_get_row(src, dst, r),
         _ => {}
     }

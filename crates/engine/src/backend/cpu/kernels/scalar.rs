@@ -51,7 +51,7 @@ pub(crate) fn block_value(
     match fmt {
         WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q6K => (s * dx) * isum,
         WeightFormat::Q4_1 => ((s * dx) * isum) + ((m * dx) * (xsum as f32)),
-        WeightFormat::Q4K => ((s * dx) * isum) - ((m * dx) * (xsum as f32)),
+        WeightFormat::Q4K | WeightFormat::Q5K => ((s * dx) * isum) - ((m * dx) * (xsum as f32)),
     }
 }
 

@@ -64,6 +64,10 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[0..2].copy_from_slice(&f16b(scale / 16.0));
                 b[2..4].copy_from_slice(&f16b(scale / 8.0));
             }
+            GgmlType::Q5K => {
+                b[0..2].copy_from_slice(&f16b(scale / 32.0));
+                b[2..4].copy_from_slice(&f16b(scale / 8.0));
+            }
             GgmlType::Q6K => b[208..210].copy_from_slice(&f16b(scale / 64.0)),
             _ => unreachable!(),
         }
@@ -102,7 +106,7 @@ fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     }
                 }
             }
-            GgmlType::Q4K => {
+            GgmlType::Q4K | GgmlType::Q5K => {
                 let (d, dmin) = (f16(b, 0), f16(b, 2));
                 let sc = &b[4..16];
                 let get = |j: usize| -> (u8, u8) {
@@ -115,12 +119,18 @@ fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                         )
                     }
                 };
+                // Q5_K: qh[32] sits before qs; bit `j` of qh[l] is bit 4 of element 32 j + l.
+                let qs = if ty == GgmlType::Q5K { 48 } else { 16 };
                 for c in 0..4 {
                     for half in 0..2 {
-                        let (s, m) = get(2 * c + half);
+                        let j = 2 * c + half;
+                        let (s, m) = get(j);
                         let (d1, m1) = (d * f32::from(s), dmin * f32::from(m));
                         for l in 0..32 {
-                            let q = (b[16 + 32 * c + l] >> (4 * half)) & 15;
+                            let mut q = (b[qs + 32 * c + l] >> (4 * half)) & 15;
+                            if ty == GgmlType::Q5K {
+                                q += ((b[16 + l] >> j) & 1) * 16;
+                            }
                             out[bi * 256 + 64 * c + 32 * half + l] = d1 * f32::from(q) - m1;
                         }
                     }
@@ -162,12 +172,13 @@ fn gen_acts(n_rows: usize, n_in: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn native_types() -> [GgmlType; 5] {
+fn native_types() -> [GgmlType; 6] {
     [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q4K,
+        GgmlType::Q5K,
         GgmlType::Q6K,
     ]
 }
@@ -515,6 +526,51 @@ fn round_half_away_matches_f32_round() {
     }
 }
 
+/// The largest quants every format holds, against activations at +-127: the integer dots
+/// reach their extremes (e.g. 4 * 2 * 31 * 127 in an AVX2 Q5_K partial sum), where a
+/// saturating or wrapping 16-bit step would show.
+#[test]
+fn extreme_quants_match_scalar_on_every_path() {
+    for ty in native_types() {
+        let (n_out, n_in) = (32, 768);
+        let mut data = gen_tensor(ty, n_out, n_in, 43);
+        let ts = ty.type_size();
+        let (quants, byte) = match ty {
+            GgmlType::Q8_0 => (2..34, 0x81),
+            GgmlType::Q4_0 => (2..18, 0xff),
+            GgmlType::Q4_1 => (4..20, 0xff),
+            GgmlType::Q4K => (16..144, 0xff),
+            GgmlType::Q5K => (16..176, 0xff),
+            GgmlType::Q6K => (0..192, 0x00), // q - 32 = -32
+            _ => unreachable!(),
+        };
+        for blk in data.chunks_exact_mut(ts) {
+            blk[quants.clone()].fill(byte);
+        }
+        let x: Vec<f32> = (0..3 * n_in)
+            .map(|i| match i / n_in {
+                0 => 1.0,
+                1 => -1.0,
+                _ => {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+            })
+            .collect();
+        let x = QuantizedActs::quantize(&x, 3, n_in);
+        for w in both_layouts(ty, &data, n_out, n_in) {
+            let want = bits(&run(KernelPath::Scalar, &w, &x, 3));
+            for &p in &KernelPath::available() {
+                let got = bits(&run(p, &w, &x, 3));
+                assert_eq!(got, want, "{ty} {:?}: {} vs scalar", w.layout(), p.name());
+            }
+        }
+    }
+}
+
 fn both_layouts(ty: GgmlType, data: &[u8], n_out: usize, n_in: usize) -> [PackedMatrix; 2] {
     let rows = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Rows).unwrap();
     let tiles = PackedMatrix::from_ggml_layout(ty, data, n_out, n_in, Layout::Tiles16).unwrap();
@@ -737,6 +793,7 @@ fn large_tiled_matrices_match_the_row_dot_for_every_t() {
         (GgmlType::Q8_0, 2048, 2048),
         (GgmlType::Q4_1, 2064, 4096),
         (GgmlType::Q4K, 2048, 4096),
+        (GgmlType::Q5K, 2064, 3072),
         (GgmlType::Q6K, 2064, 3072),
     ] {
         let data = gen_tensor(ty, n_out, n_in, 61);

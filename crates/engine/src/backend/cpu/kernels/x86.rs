@@ -16,7 +16,10 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::pack::{f16_at, k4_scales_mins, k4_unpack, Q4K_TILE_SB, Q6K_TILE_SB, Q6K_TILE_SUB};
+use super::pack::{
+    f16_at, k4_scales_mins, k4_unpack, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB,
+    Q6K_TILE_SUB,
+};
 use super::{QuantizedActs, WeightFormat, GROUP, QK};
 
 /// Pointers to the rows `t0..t0+NT` of the activations.
@@ -40,13 +43,26 @@ fn xp<const NT: usize>(x: &QuantizedActs, t0: usize) -> Xp<NT> {
     }
 }
 
+/// Calls rows kernel `$f::<NT>` (`$f::<NT, C>` with `; C`) for `$nt` activation rows.
 macro_rules! dispatch_nt {
-    ($f:ident, $w:expr, $nb:expr, $x:expr, $t0:expr, $nt:expr, $o:expr) => {
+    ($f:ident $(; $c:expr)?, $w:expr, $nb:expr, $x:expr, $t0:expr, $nt:expr, $o:expr) => {
         match $nt {
-            1 => $f::<1>($w, $nb, &xp::<1>($x, $t0), $o),
-            2 => $f::<2>($w, $nb, &xp::<2>($x, $t0), $o),
-            3 => $f::<3>($w, $nb, &xp::<3>($x, $t0), $o),
-            _ => $f::<4>($w, $nb, &xp::<4>($x, $t0), $o),
+            1 => $f::<1 $(, $c)?>($w, $nb, &xp::<1>($x, $t0), $o),
+            2 => $f::<2 $(, $c)?>($w, $nb, &xp::<2>($x, $t0), $o),
+            3 => $f::<3 $(, $c)?>($w, $nb, &xp::<3>($x, $t0), $o),
+            _ => $f::<4 $(, $c)?>($w, $nb, &xp::<4>($x, $t0), $o),
+        }
+    };
+}
+
+/// Calls tile kernel `$f::<NT, MT>` (`$f::<NT, MT, C>` with `; C`) for `$nt` activation rows.
+macro_rules! dispatch_tiles {
+    ($f:ident $(; $c:expr)?, $mt:ident, $w:expr, $nb:expr, $x:expr, $t0:expr, $nt:expr, $out:expr, $stride:expr) => {
+        match $nt {
+            1 => $f::<1, $mt $(, $c)?>($w, $nb, &xp::<1>($x, $t0), $out, $stride),
+            2 => $f::<2, $mt $(, $c)?>($w, $nb, &xp::<2>($x, $t0), $out, $stride),
+            3 => $f::<3, $mt $(, $c)?>($w, $nb, &xp::<3>($x, $t0), $out, $stride),
+            _ => $f::<4, $mt $(, $c)?>($w, $nb, &xp::<4>($x, $t0), $out, $stride),
         }
     };
 }
@@ -79,7 +95,8 @@ pub(super) unsafe fn rows_avx512(
         WeightFormat::Q8_0 => dispatch_nt!(q8_0_512, w, nb, x, t0, nt, o),
         WeightFormat::Q4_0 => dispatch_nt!(q4_0_512, w, nb, x, t0, nt, o),
         WeightFormat::Q4_1 => dispatch_nt!(q4_1_512, w, nb, x, t0, nt, o),
-        WeightFormat::Q4K => dispatch_nt!(q4k_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q4K => dispatch_nt!(k4_512; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q5K => dispatch_nt!(k4_512; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_512, w, nb, x, t0, nt, o),
     }
 }
@@ -102,7 +119,8 @@ pub(super) unsafe fn rows_avx2(
         WeightFormat::Q8_0 => dispatch_nt!(q8_0_256, w, nb, x, t0, nt, o),
         WeightFormat::Q4_0 => dispatch_nt!(q4_0_256, w, nb, x, t0, nt, o),
         WeightFormat::Q4_1 => dispatch_nt!(q4_1_256, w, nb, x, t0, nt, o),
-        WeightFormat::Q4K => dispatch_nt!(q4k_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q4K => dispatch_nt!(k4_256; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q5K => dispatch_nt!(k4_256; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_256, w, nb, x, t0, nt, o),
     }
 }
@@ -365,11 +383,27 @@ unsafe fn q8_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
     }
 }
 
+/// The Q5_K fifth bits of nibble granule `p` from the high-bit granule `h` (see `pack.rs`),
+/// at bit 4 of each byte: (elements `4p + e`, elements `16 + 4p + e`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q5_high512(h: __m512i, p: usize) -> (__m512i, __m512i) {
+    let m10 = _mm512_set1_epi8(0x10);
+    let (lo, hi) = match p {
+        0 => (_mm512_slli_epi16::<4>(h), h),
+        1 => (_mm512_slli_epi16::<3>(h), _mm512_srli_epi16::<1>(h)),
+        2 => (_mm512_slli_epi16::<2>(h), _mm512_srli_epi16::<2>(h)),
+        _ => (_mm512_slli_epi16::<1>(h), _mm512_srli_epi16::<3>(h)),
+    };
+    (_mm512_and_si512(lo, m10), _mm512_and_si512(hi, m10))
+}
+
 /// Integer dots of 4 nibble granules at `qp` (Q4_0 order) with the activations: raw
-/// `sum(q * x)` per lane, `q` in 0..16.
+/// `sum(q * x)` per lane, `q` in 0..16; with `Q5`, the high-bit granule after them adds the
+/// fifth bits (`q` in 0..32).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn nibble_dots512<const NT: usize>(
+unsafe fn nibble_dots512<const NT: usize, const Q5: bool>(
     qp: *const u8,
     x: &Xp<NT>,
     b0: usize,
@@ -377,13 +411,23 @@ unsafe fn nibble_dots512<const NT: usize>(
     m: __mmask16,
 ) -> [__m512i; NT] {
     let m0f = _mm512_set1_epi8(0x0f);
+    let h = if Q5 {
+        _mm512_maskz_loadu_epi32(m, qp.add(16 * g) as *const i32)
+    } else {
+        _mm512_setzero_si512()
+    };
     // Two chains per row (low and high nibbles) halve the vpdpbusd latency chain.
     let mut s0 = [_mm512_setzero_si512(); NT];
     let mut s1 = [_mm512_setzero_si512(); NT];
     for p in 0..4 {
         let v = _mm512_maskz_loadu_epi32(m, qp.add(p * 4 * g) as *const i32);
-        let lo = _mm512_and_si512(v, m0f);
-        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+        let mut lo = _mm512_and_si512(v, m0f);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m0f);
+        if Q5 {
+            let (hl, hh) = q5_high512(h, p);
+            lo = _mm512_or_si512(lo, hl);
+            hi = _mm512_or_si512(hi, hh);
+        }
         for t in 0..NT {
             s0[t] = _mm512_dpbusd_epi32(s0[t], lo, xgran(x.q[t], b0, g, p, m));
             s1[t] = _mm512_dpbusd_epi32(s1[t], hi, xgran(x.q[t], b0, g, p + 4, m));
@@ -410,7 +454,7 @@ unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             let isum = if compact(g) {
                 nibble_dots_compact(wp.add(2 * g), x, b0, g)
             } else {
-                nibble_dots512(wp.add(2 * g), x, b0, g, m)
+                nibble_dots512::<NT, false>(wp.add(2 * g), x, b0, g, m)
             };
             for t in 0..NT {
                 let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
@@ -442,7 +486,7 @@ unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             let isum = if compact(g) {
                 nibble_dots_compact(wp.add(4 * g), x, b0, g)
             } else {
-                nibble_dots512(wp.add(4 * g), x, b0, g, m)
+                nibble_dots512::<NT, false>(wp.add(4 * g), x, b0, g, m)
             };
             for t in 0..NT {
                 let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
@@ -524,8 +568,10 @@ unsafe fn q4k_params512(wp: *const u8, s: usize) -> (__m512, __m512) {
     )
 }
 
+/// Q4_K, or Q5_K with `Q5` (the same header and float update; 176 bytes per super-block).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-unsafe fn q4k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn k4_512<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let sb_bytes = if Q5 { 176 } else { 144 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -533,11 +579,11 @@ unsafe fn q4k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 144 * (g / 8));
+            prefetch(wp, pf, sb_bytes * (g / 8));
             let s = g / 8;
             let m = mask16(g);
             let (a, bm) = q4k_params512(wp, s);
-            let isum = nibble_dots512(wp.add(16 * s), x, b0, g, m);
+            let isum = nibble_dots512::<NT, Q5>(wp.add(16 * s), x, b0, g, m);
             for t in 0..NT {
                 let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
                 let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
@@ -547,7 +593,7 @@ unsafe fn q4k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
                 );
                 acc[t] = _mm512_add_ps(acc[t], v);
             }
-            wp = wp.add(144 * s);
+            wp = wp.add(sb_bytes * s);
             b0 += g;
         }
         finish512!(acc, o, r, NT);
@@ -919,15 +965,21 @@ unsafe fn q4k_tile_params(rec: *const u8, a: &mut [__m512; 8], bm: &mut [__m512;
 }
 
 /// Q4_K tiles (super-block records, see `pack.rs`) in block lockstep against `NT` activation
-/// rows: per block `((d sc) dx) isum - ((dmin m) dx) xsum`, the rows kernel's values.
+/// rows: per block `((d sc) dx) isum - ((dmin m) dx) xsum`, the rows kernel's values. With
+/// `Q5`, Q5_K tiles: a high-bit granule follows each sub-block's nibbles.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
+unsafe fn k4_tile512<const NT: usize, const MT: usize, const Q5: bool>(
     w: [*const u8; MT],
     nb: usize,
     x: &Xp<NT>,
     out: [*mut f32; MT],
     stride: usize,
 ) {
+    let (rec, sub) = if Q5 {
+        (Q5K_TILE_SB, Q5K_TILE_SUB)
+    } else {
+        (Q4K_TILE_SB, 256)
+    };
     let pf = prefetch_ahead_tiles(NT, true);
     let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
     let mut a = [[_mm512_setzero_ps(); 8]; MT];
@@ -938,13 +990,22 @@ unsafe fn q4k_tile512<const NT: usize, const MT: usize>(
         lanes16!(j < g, {
             let b = b0 + j;
             for m in 0..MT {
-                let sb = w[m].add(b / 8 * Q4K_TILE_SB);
+                let sb = w[m].add(b / 8 * rec);
                 if j.is_multiple_of(8) {
                     prefetch(sb, pf, 256);
                     q4k_tile_params(sb, &mut a[m], &mut bm[m]);
                 }
-                prefetch(sb.add(256 + 256 * (j % 8)), pf, 256);
-                let (lo, hi) = q4_tile_nibbles(sb.add(256 + 256 * (j % 8)));
+                let nib = sb.add(256 + sub * (j % 8));
+                prefetch(nib, pf, sub);
+                let (mut lo, mut hi) = q4_tile_nibbles(nib);
+                if Q5 {
+                    let h = _mm512_loadu_si512(nib.add(256) as *const _);
+                    for p in 0..4 {
+                        let (hl, hh) = q5_high512(h, p);
+                        lo[p] = _mm512_or_si512(lo[p], hl);
+                        hi[p] = _mm512_or_si512(hi[p], hh);
+                    }
+                }
                 for t in 0..NT {
                     let isum = _mm512_cvtepi32_ps(nibble_tile_dots(&lo, &hi, x.q[t], nb, b));
                     let dx = _mm512_set1_ps(*x.d[t].add(b));
@@ -1050,20 +1111,16 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
 ) {
     let nb = n_in / QK;
     macro_rules! go {
-        ($f:ident) => {
-            match nt {
-                1 => $f::<1, MT>(w, nb, &xp::<1>(x, t0), out, stride),
-                2 => $f::<2, MT>(w, nb, &xp::<2>(x, t0), out, stride),
-                3 => $f::<3, MT>(w, nb, &xp::<3>(x, t0), out, stride),
-                _ => $f::<4, MT>(w, nb, &xp::<4>(x, t0), out, stride),
-            }
+        ($f:ident $(; $c:expr)?) => {
+            dispatch_tiles!($f $(; $c)?, MT, w, nb, x, t0, nt, out, stride)
         };
     }
     match fmt {
         WeightFormat::Q8_0 => go!(q8_0_tile512),
         WeightFormat::Q4_0 => go!(q4_0_tile512),
         WeightFormat::Q4_1 => go!(q4_1_tile512),
-        WeightFormat::Q4K => go!(q4k_tile512),
+        WeightFormat::Q4K => go!(k4_tile512; false),
+        WeightFormat::Q5K => go!(k4_tile512; true),
         WeightFormat::Q6K => go!(q6k_tile512),
     }
 }
@@ -1193,11 +1250,28 @@ unsafe fn q8_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
     }
 }
 
-/// Raw `sum(q * x)` of 4 nibble granules (half `h`) with the activations. Each
-/// `vpmaddubsw` pair is at most 2 * 15 * 127 = 3810, so 8 of them add up in i16 exactly.
+/// The Q5_K fifth bits of nibble granule `p` from the high-bit granule `h`, at bit 4 of each
+/// byte: (elements `4p + e`, elements `16 + 4p + e`).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn nibble_dots256<const NT: usize>(
+unsafe fn q5_high256(h: __m256i, p: usize) -> (__m256i, __m256i) {
+    let m10 = _mm256_set1_epi8(0x10);
+    let (lo, hi) = match p {
+        0 => (_mm256_slli_epi16::<4>(h), h),
+        1 => (_mm256_slli_epi16::<3>(h), _mm256_srli_epi16::<1>(h)),
+        2 => (_mm256_slli_epi16::<2>(h), _mm256_srli_epi16::<2>(h)),
+        _ => (_mm256_slli_epi16::<1>(h), _mm256_srli_epi16::<3>(h)),
+    };
+    (_mm256_and_si256(lo, m10), _mm256_and_si256(hi, m10))
+}
+
+/// Raw `sum(q * x)` of 4 nibble granules (half `h`) with the activations. Each
+/// `vpmaddubsw` pair is at most 2 * 15 * 127 = 3810, so 8 of them add up in i16 exactly.
+/// With `Q5` (the high-bit granule after the nibbles adds the fifth bits) a pair is at most
+/// 2 * 31 * 127 = 7874, so only 4 of them add up in i16 before widening.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibble_dots256<const NT: usize, const Q5: bool>(
     qp: *const u8,
     x: &Xp<NT>,
     b0: usize,
@@ -1207,20 +1281,34 @@ unsafe fn nibble_dots256<const NT: usize>(
     mk: __m256i,
 ) -> [__m256i; NT] {
     let m0f = _mm256_set1_epi8(0x0f);
-    let mut s16 = [_mm256_setzero_si256(); NT];
+    let hb = if Q5 {
+        ld8(qp.add(16 * g + 32 * h), n, mk)
+    } else {
+        _mm256_setzero_si256()
+    };
+    let mut s16 = [[_mm256_setzero_si256(); 2]; NT];
     for p in 0..4 {
         let v = ld8(qp.add(p * 4 * g + 32 * h), n, mk);
-        let lo = _mm256_and_si256(v, m0f);
-        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
+        let mut lo = _mm256_and_si256(v, m0f);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f);
+        if Q5 {
+            let (hl, hh) = q5_high256(hb, p);
+            lo = _mm256_or_si256(lo, hl);
+            hi = _mm256_or_si256(hi, hh);
+        }
+        let c = if Q5 { p / 2 } else { 0 };
         for t in 0..NT {
             let a = _mm256_maddubs_epi16(lo, xg8(x.q[t], b0, g, p, h, n, mk));
             let b = _mm256_maddubs_epi16(hi, xg8(x.q[t], b0, g, p + 4, h, n, mk));
-            s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(a, b));
+            s16[t][c] = _mm256_add_epi16(s16[t][c], _mm256_add_epi16(a, b));
         }
     }
     let mut out = [_mm256_setzero_si256(); NT];
     for t in 0..NT {
-        out[t] = madd1(s16[t]);
+        out[t] = madd1(s16[t][0]);
+        if Q5 {
+            out[t] = _mm256_add_epi32(out[t], madd1(s16[t][1]));
+        }
     }
     out
 }
@@ -1237,7 +1325,7 @@ unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             prefetch(wp, pf, 18 * g);
             halves!(g, |h, n, mk| {
                 let dw = f16x8(wp.add(16 * h), n);
-                let isum = nibble_dots256(wp.add(2 * g), x, b0, g, h, n, mk);
+                let isum = nibble_dots256::<NT, false>(wp.add(2 * g), x, b0, g, h, n, mk);
                 for t in 0..NT {
                     let xs = ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk);
                     let is = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<3>(xs));
@@ -1266,7 +1354,7 @@ unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
             halves!(g, |h, n, mk| {
                 let dw = f16x8(wp.add(16 * h), n);
                 let mw = f16x8(wp.add(2 * g + 16 * h), n);
-                let isum = nibble_dots256(wp.add(4 * g), x, b0, g, h, n, mk);
+                let isum = nibble_dots256::<NT, false>(wp.add(4 * g), x, b0, g, h, n, mk);
                 for t in 0..NT {
                     let xs = _mm256_cvtepi32_ps(ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk));
                     let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
@@ -1292,8 +1380,10 @@ unsafe fn u8x8_ps(v: [u8; 8]) -> __m256 {
     ))))
 }
 
+/// Q4_K, or Q5_K with `Q5` (176 bytes per super-block).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn k4_256<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let sb_bytes = if Q5 { 176 } else { 144 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -1301,7 +1391,7 @@ unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 144 * (g / 8));
+            prefetch(wp, pf, sb_bytes * (g / 8));
             let s = g / 8;
             let hdr = std::slice::from_raw_parts(wp, 16 * s);
             // With K-quants each half is one whole super-block (n is always 8).
@@ -1309,7 +1399,7 @@ unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
                 let (sc, mn) = k4_scales_mins(&hdr[4 * s + 12 * h..4 * s + 12 * h + 12]);
                 let a = _mm256_mul_ps(_mm256_set1_ps(f16_at(hdr, 2 * h)), u8x8_ps(sc));
                 let bm = _mm256_mul_ps(_mm256_set1_ps(f16_at(hdr, 2 * s + 2 * h)), u8x8_ps(mn));
-                let isum = nibble_dots256(wp.add(16 * s), x, b0, g, h, n, mk);
+                let isum = nibble_dots256::<NT, Q5>(wp.add(16 * s), x, b0, g, h, n, mk);
                 for t in 0..NT {
                     let xs = _mm256_cvtepi32_ps(ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk));
                     let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
@@ -1320,7 +1410,7 @@ unsafe fn q4k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
                     acc[t][h] = _mm256_add_ps(acc[t][h], v);
                 }
             });
-            wp = wp.add(144 * s);
+            wp = wp.add(sb_bytes * s);
             b0 += g;
         }
         finish256!(acc, o, r, NT);

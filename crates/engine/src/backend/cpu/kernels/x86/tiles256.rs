@@ -15,14 +15,15 @@
 //! - Q8_0 (stored `q + 128`): `q = w ^ 0x80`, then `|q|` times `sign(x, q)` (pairs at most
 //!   2 * 128 * 127 = 32512);
 //! - Q4_0 / Q4_1 / Q4_K nibbles (0..16): 8 products pairs add up in i16 exactly (at most
-//!   8 * 2 * 15 * 127 = 30480);
+//!   8 * 2 * 15 * 127 = 30480); Q5_K 5-bit quants (0..32): 4 pairs (at most
+//!   4 * 2 * 31 * 127 = 31496);
 //! - Q6_K 6-bit quants (0..64): two pairs add up exactly (at most 2 * 2 * 63 * 127 = 32004).
 
 use std::arch::x86_64::*;
 
-use super::super::pack::{Q4K_TILE_SB, Q6K_TILE_SB, Q6K_TILE_SUB};
+use super::super::pack::{Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB};
 use super::super::{QuantizedActs, WeightFormat, GROUP, QK};
-use super::{prefetch, prefetch_ahead_tiles, q6_high256, xp, Xp};
+use super::{prefetch, prefetch_ahead_tiles, q5_high256, q6_high256, xp, Xp};
 
 /// The 8 activation granules (4 bytes each) of block `b` of one row, each broadcast to 8 lanes.
 #[inline(always)]
@@ -193,23 +194,32 @@ unsafe fn q4_1_half(rec: *const u8, h: usize) -> Q4Half {
     }
 }
 
-/// Raw `sum(q * x)` of a block from its low (elements 0..16) and high (16..32) nibbles.
+/// Raw `sum(q * x)` of a block from its low (elements 0..16) and high (16..32) nibbles
+/// (with `Q5`, 5-bit quants: the two partial sums widen to i32 before they add).
 #[inline(always)]
-unsafe fn nibble_half_dots(lo: &[__m256i; 4], hi: &[__m256i; 4], xb: &[__m256i; 8]) -> __m256i {
+unsafe fn nibble_half_dots<const Q5: bool>(
+    lo: &[__m256i; 4],
+    hi: &[__m256i; 4],
+    xb: &[__m256i; 8],
+) -> __m256i {
     let mut s = [_mm256_setzero_si256(); 2];
     for p in 0..4 {
         let a = _mm256_maddubs_epi16(lo[p], xb[p]);
         let c = _mm256_maddubs_epi16(hi[p], xb[p + 4]);
         s[p % 2] = _mm256_add_epi16(s[p % 2], _mm256_add_epi16(a, c));
     }
-    madd1(_mm256_add_epi16(s[0], s[1]))
+    if Q5 {
+        _mm256_add_epi32(madd1(s[0]), madd1(s[1]))
+    } else {
+        madd1(_mm256_add_epi16(s[0], s[1]))
+    }
 }
 
 #[inline(always)]
 unsafe fn q4_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
     [
-        nibble_half_dots(&w[0].lo, &w[0].hi, xb),
-        nibble_half_dots(&w[1].lo, &w[1].hi, xb),
+        nibble_half_dots::<false>(&w[0].lo, &w[0].hi, xb),
+        nibble_half_dots::<false>(&w[1].lo, &w[1].hi, xb),
     ]
 }
 
@@ -307,14 +317,20 @@ unsafe fn q4k_half_params(rec: *const u8, h: usize, a: &mut [__m256; 8], bm: &mu
 }
 
 /// Q4_K tiles against `NT` activation rows: per block `((d sc) dx) isum - ((dmin m) dx) xsum`.
+/// With `Q5`, Q5_K tiles: a high-bit granule follows each sub-block's nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_tile256<const NT: usize, const MT: usize>(
+unsafe fn k4_tile256<const NT: usize, const MT: usize, const Q5: bool>(
     w: [*const u8; MT],
     nb: usize,
     x: &Xp<NT>,
     out: [*mut f32; MT],
     stride: usize,
 ) {
+    let (rec, sub) = if Q5 {
+        (Q5K_TILE_SB, Q5K_TILE_SUB)
+    } else {
+        (Q4K_TILE_SB, 256)
+    };
     let pf = prefetch_ahead_tiles(NT, true);
     let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
     let mut a = [[[_mm256_setzero_ps(); 8]; 2]; MT];
@@ -325,21 +341,31 @@ unsafe fn q4k_tile256<const NT: usize, const MT: usize>(
         lanes16!(j < g, {
             let b = b0 + j;
             for m in 0..MT {
-                let sb = w[m].add(b / 8 * Q4K_TILE_SB);
+                let sb = w[m].add(b / 8 * rec);
                 if j.is_multiple_of(8) {
                     prefetch(sb, pf, 256);
                     for h in 0..2 {
                         q4k_half_params(sb, h, &mut a[m][h], &mut bm[m][h]);
                     }
                 }
-                let nib = sb.add(256 + 256 * (j % 8));
-                prefetch(nib, pf, 256);
-                let halves = [nibbles_half(nib, 0), nibbles_half(nib, 1)];
+                let nib = sb.add(256 + sub * (j % 8));
+                prefetch(nib, pf, sub);
+                let mut halves = [nibbles_half(nib, 0), nibbles_half(nib, 1)];
+                if Q5 {
+                    for (h, (lo, hi)) in halves.iter_mut().enumerate() {
+                        let hb = ld(nib.add(256 + 32 * h));
+                        for p in 0..4 {
+                            let (hl, hh) = q5_high256(hb, p);
+                            lo[p] = _mm256_or_si256(lo[p], hl);
+                            hi[p] = _mm256_or_si256(hi[p], hh);
+                        }
+                    }
+                }
                 for t in 0..NT {
                     let xb = xgranules(x.q[t], nb, b);
                     for h in 0..2 {
                         let (lo, hi) = &halves[h];
-                        let dp = nibble_half_dots(lo, hi, &xb);
+                        let dp = nibble_half_dots::<Q5>(lo, hi, &xb);
                         let dx = _mm256_set1_ps(*x.d[t].add(b));
                         let xs = _mm256_set1_ps(*x.s[t].add(b) as f32);
                         let v = _mm256_sub_ps(
@@ -464,20 +490,16 @@ pub(in super::super) unsafe fn tiles_avx2<const MT: usize>(
 ) {
     let nb = n_in / QK;
     macro_rules! go {
-        ($f:ident) => {
-            match nt {
-                1 => $f::<1, MT>(w, nb, &xp::<1>(x, t0), out, stride),
-                2 => $f::<2, MT>(w, nb, &xp::<2>(x, t0), out, stride),
-                3 => $f::<3, MT>(w, nb, &xp::<3>(x, t0), out, stride),
-                _ => $f::<4, MT>(w, nb, &xp::<4>(x, t0), out, stride),
-            }
+        ($f:ident $(; $c:expr)?) => {
+            dispatch_tiles!($f $(; $c)?, MT, w, nb, x, t0, nt, out, stride)
         };
     }
     match fmt {
         WeightFormat::Q8_0 => go!(q8_0_tile256),
         WeightFormat::Q4_0 => go!(q4_0_tile256),
         WeightFormat::Q4_1 => go!(q4_1_tile256),
-        WeightFormat::Q4K => go!(q4k_tile256),
+        WeightFormat::Q4K => go!(k4_tile256; false),
+        WeightFormat::Q5K => go!(k4_tile256; true),
         WeightFormat::Q6K => go!(q6k_tile256),
     }
 }
