@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p verispec-engine --example kernel_bench            # everything
 //! cargo run --release -p verispec-engine --example kernel_bench -- --quick # Phi-4-mini 3072->3072 only
-//! options: --formats q8_0,q4_0,q4_1,q4_K,q6_K  --paths avx2,avx512vnni,scalar
+//! options: --formats q8_0,q4_0,q4_1,q4_K,q5_K,q6_K  --paths avx2,avx512vnni,scalar
 //!          --shapes phi|smol|micro|head|all  --reps N  --rot-mib N  --hot
 //!          --prefetch 0,1024,2048 (software-prefetch distances to compare, bytes; default:
 //!          the CPU's tuning, per layout)
@@ -59,7 +59,7 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[0..2].copy_from_slice(&f16b(0.01));
                 b[2..4].copy_from_slice(&f16b(-0.08));
             }
-            GgmlType::Q4K => {
+            GgmlType::Q4K | GgmlType::Q5K => {
                 b[0..2].copy_from_slice(&f16b(0.001));
                 b[2..4].copy_from_slice(&f16b(0.001));
             }
@@ -153,6 +153,7 @@ fn parse() -> Opts {
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q4K,
+        GgmlType::Q5K,
         GgmlType::Q6K,
     ];
     let formats = match get("--formats") {

@@ -34,6 +34,8 @@ pub enum SynthType {
     Q8_0,
     Q4KM,
     Q5KM,
+    Q5_0,
+    Q5_1,
     F16,
 }
 
@@ -43,6 +45,8 @@ impl SynthType {
             "q8_0" => Some(SynthType::Q8_0),
             "q4_k_m" => Some(SynthType::Q4KM),
             "q5_k_m" => Some(SynthType::Q5KM),
+            "q5_0" => Some(SynthType::Q5_0),
+            "q5_1" => Some(SynthType::Q5_1),
             "f16" => Some(SynthType::F16),
             _ => None,
         }
@@ -186,6 +190,20 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
                     *q = ((r.next() % 255) as i32 - 127) as i8 as u8;
                 }
             }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // d * (q - 16) or d * q + m with m = -15.5 d: std of q is 9.23.
+                let d = spread / 9.23;
+                b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                let q0 = if ty == GgmlType::Q5_1 {
+                    b[2..4].copy_from_slice(&f16::from_f32(-15.5 * d).to_le_bytes());
+                    4
+                } else {
+                    2
+                };
+                for q in b[q0..].iter_mut() {
+                    *q = r.next() as u8;
+                }
+            }
             GgmlType::Q4K | GgmlType::Q5K => {
                 // d * sc * (q - 7.5): sc in 32..64, std of (q - 7.5) is 4.61 (Q5_K: q - 15.5,
                 // std 9.23).
@@ -315,6 +333,8 @@ pub fn synth(
         SynthType::Q8_0 => 7,
         SynthType::Q4KM => 15,
         SynthType::Q5KM => 17,
+        SynthType::Q5_0 => 8,
+        SynthType::Q5_1 => 9,
         SynthType::F16 => 1,
     };
     w.set_kv("general.file_type", Value::U32(file_type));
@@ -328,6 +348,8 @@ pub fn synth(
         SynthType::Q4KM | SynthType::Q5KM if is_more => GgmlType::Q6K,
         SynthType::Q4KM => GgmlType::Q4K,
         SynthType::Q5KM => GgmlType::Q5K,
+        SynthType::Q5_0 => GgmlType::Q5_0,
+        SynthType::Q5_1 => GgmlType::Q5_1,
     };
     let (d, ff) = (sh.n_embd as u64, sh.n_ff as u64);
     let mut plan: Vec<Planned> = Vec::new();
@@ -344,10 +366,16 @@ pub fn synth(
         let v: Vec<f32> = (0..n).map(|_| 0.8 + 0.4 * r.unit()).collect();
         f32_bytes(&v)
     };
+    // Tied embeddings are the output matrix: llama-quantize gives them Q6_K in every mix here
+    // but q8_0 and f16.
+    let embd = match opts.ty {
+        SynthType::Q8_0 | SynthType::F16 => mat(true),
+        _ => GgmlType::Q6K,
+    };
     add(
         "token_embd.weight".into(),
         vec![d, sh.n_vocab as u64],
-        mat(true),
+        embd,
         None,
     );
     for i in 0..sh.n_layer {
@@ -507,6 +535,8 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q4K,
             GgmlType::Q5K,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q6K,
             GgmlType::F16,
         ] {

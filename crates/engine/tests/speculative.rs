@@ -343,8 +343,8 @@ fn exactness_guard_reports_a_divergence() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// q4_k_m and q5_k_m models (Q4_K / Q5_K and Q6_K weights: 16-row tiles where AVX-512 VNNI
-/// or AVX2 runs, rows elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread
+/// q4_k_m, q5_k_m, q5_0 and q5_1 models (Q4_K / Q5_K / Q5_0 / Q5_1 and Q6_K weights: 16-row
+/// tiles where AVX-512 VNNI or AVX2 runs, rows elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread
 /// the bits of 2, and speculative decoding (with the exactness guard) the tokens of greedy
 /// decoding.
 #[test]
@@ -352,7 +352,12 @@ fn k_quant_model_is_batch_invariant_and_speculation_is_exact() {
     // "2 threads" must mean two threads even while other tests keep the CPUs busy.
     verispec::backend::cpu::set_contention_guard(false);
     use verispec::synth::SynthType;
-    for (tag, ty, seed) in [("kquant", SynthType::Q4KM, 3), ("q5km", SynthType::Q5KM, 5)] {
+    for (tag, ty, seed) in [
+        ("kquant", SynthType::Q4KM, 3),
+        ("q5km", SynthType::Q5KM, 5),
+        ("q5_0", SynthType::Q5_0, 7),
+        ("q5_1", SynthType::Q5_1, 9),
+    ] {
         let (dir, model) = synth_tiny(tag, ty, seed);
         let mut per_threads = Vec::new();
         for threads in [1, 2] {

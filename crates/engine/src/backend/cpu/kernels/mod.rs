@@ -16,8 +16,8 @@
 //!    `xsum_b`). Integer arithmetic is associative, so how a path computes it does not matter.
 //! 2. 16 f32 accumulators `acc[0..16]`, all `+0.0`. Block `b` updates lane `b % 16` only:
 //!    `acc[b % 16] = acc[b % 16] + v_b`, blocks in increasing order, with `v_b` (no FMA):
-//!    - Q8_0, Q4_0: `v = (dw * dx) * isum`
-//!    - Q4_1:       `v = ((dw * dx) * isum) + ((mw * dx) * xsum)`
+//!    - Q8_0, Q4_0, Q5_0: `v = (dw * dx) * isum`
+//!    - Q4_1, Q5_1: `v = ((dw * dx) * isum) + ((mw * dx) * xsum)`
 //!    - Q4_K, Q5_K: `v = ((a * dx) * isum) - ((bm * dx) * xsum)`, `a = d * sc_j`, `bm = dmin * m_j`
 //!    - Q6_K:       `v = (d * dx) * isum`, `isum = sc_lo * isum_lo + sc_hi * isum_hi` (16-element halves)
 //!

@@ -45,7 +45,8 @@ unsafe fn ld16(p: *const u8, n: usize) -> uint8x16_t {
 }
 
 /// Signed weight quants of granule `k` (0..8) for lanes `4c..4c+4` of a group, centred like
-/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K / Q5_K `q`, Q6_K `q - 32`.
+/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q5_0 `q - 16`, Q4_1 / Q4_K / Q5_1 / Q5_K `q`, Q6_K
+/// `q - 32`.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn weight_granule(
@@ -69,13 +70,23 @@ unsafe fn weight_granule(
         WeightFormat::Q4_0 => vsubq_s8(vreinterpretq_s8_u8(nib(2 * g)), vdupq_n_s8(8)),
         WeightFormat::Q4_1 => vreinterpretq_s8_u8(nib(4 * g)),
         WeightFormat::Q4K => vreinterpretq_s8_u8(nib(16 * (g / 8))),
-        WeightFormat::Q5K => {
+        WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => {
+            let base = match fmt {
+                WeightFormat::Q5_0 => 2 * g,
+                WeightFormat::Q5_1 => 4 * g,
+                _ => 16 * (g / 8),
+            };
             // Fifth bits: bit `k % 4` of the high-bit granule for elements 0..16, bit
             // `4 + k % 4` for 16..32, moved to bit 4.
-            let h = ld16(wg.add(16 * (g / 8) + 16 * g + 16 * c), n);
+            let h = ld16(wg.add(base + 16 * g + 16 * c), n);
             let shift = vdupq_n_s8(4 - (k as i8));
             let high = vandq_u8(vshlq_u8(h, shift), vdupq_n_u8(0x10));
-            vreinterpretq_s8_u8(vorrq_u8(nib(16 * (g / 8)), high))
+            let q = vreinterpretq_s8_u8(vorrq_u8(nib(base), high));
+            if fmt == WeightFormat::Q5_0 {
+                vsubq_s8(q, vdupq_n_s8(16))
+            } else {
+                q
+            }
         }
         WeightFormat::Q6K => {
             let s = g / 8;

@@ -11,6 +11,8 @@
 //! | Q8_0 | `d: [f16; g]`, then 8 granules: granule `k` = elements `4k..4k+4` (i8) | 34 g |
 //! | Q4_0 | `d: [f16; g]`, then 4 nibble granules | 18 g |
 //! | Q4_1 | `d: [f16; g]`, `m: [f16; g]`, then 4 nibble granules | 20 g |
+//! | Q5_0 | `d: [f16; g]`, 4 nibble granules (low 4 bits), 1 high-bit granule | 22 g |
+//! | Q5_1 | `d: [f16; g]`, `m: [f16; g]`, 4 nibble granules (low 4 bits), 1 high-bit granule | 24 g |
 //! | Q4_K | `d: [f16; S]`, `dmin: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 4 nibble granules | 144 S |
 //! | Q5_K | Q4_K's sections (nibbles = low 4 bits), then 1 high-bit granule | 176 S |
 //! | Q6_K | `d: [f16; S]`, `sc_lo: [i8; g]`, `sc_hi: [i8; g]`, 4 nibble granules (low 4 bits), 2 high-bit granules | 210 S |
@@ -19,7 +21,7 @@
 //! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
 //! Q6_K sub-blocks are re-nibbled into it). Q6_K high-bit granule `r` (0..2): byte `e` of lane
 //! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
-//! the scales of elements 0..16 / 16..32 of block `i`. Q5_K high-bit granule: byte `e` of lane
+//! the scales of elements 0..16 / 16..32 of block `i`. Q5_0 / Q5_1 / Q5_K high-bit granule: byte `e` of lane
 //! `i`, bit `p` = bit 4 of element `4p + e` and bit `4 + p` = bit 4 of element `16 + 4p + e`
 //! (`p` in 0..4), so nibble granule `p` finds its fifth bits at one shift of the granule.
 //!
@@ -36,6 +38,8 @@
 //! | Q8_0 | `d: [f16; 16]`, 8 granules of 64 bytes: granule `k` = elements `4k..4k+4` of each row, stored as `q + 128` (u8) | 544 |
 //! | Q4_0 | `d: [f16; 16]`, 4 nibble granules of 64 bytes: granule `p` = GGUF quant bytes `4p..4p+4` of each row | 288 |
 //! | Q4_1 | `d: [f16; 16]`, `m: [f16; 16]`, 4 nibble granules | 320 |
+//! | Q5_0 | Q4_0's record, then 1 high-bit granule of 64 bytes | 352 |
+//! | Q5_1 | Q4_1's record, then 1 high-bit granule of 64 bytes | 384 |
 //!
 //! The K-quants have one record per super-block `s` (256 elements, sub-blocks `j` = 0..8 are
 //! blocks `8 s + j`):
@@ -68,16 +72,20 @@ pub enum WeightFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q4K,
     Q5K,
     Q6K,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 6] = [
+    pub const ALL: [WeightFormat; 8] = [
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
         WeightFormat::Q4K,
         WeightFormat::Q5K,
         WeightFormat::Q6K,
@@ -88,6 +96,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => GgmlType::Q8_0,
             WeightFormat::Q4_0 => GgmlType::Q4_0,
             WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q5_0 => GgmlType::Q5_0,
+            WeightFormat::Q5_1 => GgmlType::Q5_1,
             WeightFormat::Q4K => GgmlType::Q4K,
             WeightFormat::Q5K => GgmlType::Q5K,
             WeightFormat::Q6K => GgmlType::Q6K,
@@ -111,6 +121,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => 34 * g,
             WeightFormat::Q4_0 => 18 * g,
             WeightFormat::Q4_1 => 20 * g,
+            WeightFormat::Q5_0 => 22 * g,
+            WeightFormat::Q5_1 => 24 * g,
             WeightFormat::Q4K => 144 * (g / 8),
             WeightFormat::Q5K => 176 * (g / 8),
             WeightFormat::Q6K => 210 * (g / 8),
@@ -414,7 +426,8 @@ impl PackedMatrix {
 }
 
 /// Weight quants of lane `i` of a group as integers, centred where the format has an
-/// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q5_K `q` (0..32), Q6_K `q - 32`.
+/// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q5_0 `q - 16`, Q5_1 / Q5_K `q`
+/// (0..32), Q6_K `q - 32`.
 #[inline(always)]
 pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mut [i32; QK]) {
     match fmt {
@@ -436,14 +449,18 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
                 q[j + 16] = i32::from(byte >> 4) - off;
             }
         }
-        WeightFormat::Q5K => {
-            let base = 16 * (g / 8);
+        WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => {
+            let (base, off) = match fmt {
+                WeightFormat::Q5_0 => (2 * g, 16),
+                WeightFormat::Q5_1 => (4 * g, 0),
+                _ => (16 * (g / 8), 0),
+            };
             for j in 0..16 {
                 let (p, e) = (j / 4, j % 4);
                 let byte = wg[base + p * 4 * g + 4 * i + e];
                 let h = wg[base + 16 * g + 4 * i + e];
-                q[j] = i32::from((byte & 0x0f) | ((h >> p) & 1) << 4);
-                q[j + 16] = i32::from((byte >> 4) | ((h >> (4 + p)) & 1) << 4);
+                q[j] = i32::from((byte & 0x0f) | ((h >> p) & 1) << 4) - off;
+                q[j + 16] = i32::from((byte >> 4) | ((h >> (4 + p)) & 1) << 4) - off;
             }
         }
         WeightFormat::Q6K => {
@@ -467,8 +484,8 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
 #[inline(always)]
 pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (f32, f32) {
     match fmt {
-        WeightFormat::Q8_0 | WeightFormat::Q4_0 => (f16_at(wg, 2 * i), 0.0),
-        WeightFormat::Q4_1 => (f16_at(wg, 2 * i), f16_at(wg, 2 * g + 2 * i)),
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => (f16_at(wg, 2 * i), 0.0),
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => (f16_at(wg, 2 * i), f16_at(wg, 2 * g + 2 * i)),
         WeightFormat::Q4K | WeightFormat::Q5K => {
             let s = g / 8;
             let sb = i / 8;
@@ -499,8 +516,8 @@ fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) 
     for (k, (yk, &qk)) in y.iter_mut().zip(q.iter()).enumerate() {
         let qf = qk as f32;
         *yk = match fmt {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 => qf * a,
-            WeightFormat::Q4_1 => qf * a + m,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => qf * a,
+            WeightFormat::Q4_1 | WeightFormat::Q5_1 => qf * a + m,
             WeightFormat::Q4K | WeightFormat::Q5K => a * qf - m,
             WeightFormat::Q6K => {
                 let (lo, hi) = lane_q6_scales(wg, g, i);
@@ -531,6 +548,28 @@ fn unpack_q5k(b: &[u8], q: &mut [u8; 256]) {
             q[64 * c + l] = (v & 0x0f) | ((qh[l] >> (2 * c)) & 1) << 4;
             q[64 * c + 32 + l] = (v >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4;
         }
+    }
+}
+
+/// The 32 quants (0..32) of a Q5_0 / Q5_1 block from its `qh` (4 bytes) and `qs` (16 bytes).
+fn unpack_q5(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let h = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    std::array::from_fn(|k| {
+        let nib = if k < 16 {
+            qs[k] & 0x0f
+        } else {
+            qs[k - 16] >> 4
+        };
+        nib | (((h >> k) & 1) as u8) << 4
+    })
+}
+
+/// The inverse of [`unpack_q5`]: `qh` (4 bytes) then `qs` (16 bytes) into `dst`.
+fn repack_q5(q: &[u8; 32], dst: &mut [u8]) {
+    let h = (0..32).fold(0u32, |h, k| h | u32::from(q[k] >> 4) << k);
+    dst[0..4].copy_from_slice(&h.to_le_bytes());
+    for j in 0..16 {
+        dst[4 + j] = (q[j] & 0x0f) | (q[j + 16] & 0x0f) << 4;
     }
 }
 
@@ -609,7 +648,11 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
         let gb = fmt.group_bytes(g);
         let wg = &mut dst[off..off + gb];
         match fmt {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
+            WeightFormat::Q8_0
+            | WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1 => {
                 for i in 0..g {
                     let blk = &src[(b0 + i) * ts..(b0 + i + 1) * ts];
                     wg[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
@@ -624,11 +667,23 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                                 wg[2 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[2 + j];
                             }
                         }
-                        _ => {
+                        WeightFormat::Q4_1 => {
                             wg[2 * g + 2 * i..2 * g + 2 * i + 2].copy_from_slice(&blk[2..4]);
                             for j in 0..16 {
                                 wg[4 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[4 + j];
                             }
+                        }
+                        _ => {
+                            // Q5_0: d, qh, qs; Q5_1: d, m, qh, qs.
+                            let (h0, base) = if fmt == WeightFormat::Q5_1 {
+                                wg[2 * g + 2 * i..2 * g + 2 * i + 2].copy_from_slice(&blk[2..4]);
+                                (4, 4 * g)
+                            } else {
+                                (2, 2 * g)
+                            };
+                            let q = unpack_q5(&blk[h0..h0 + 4], &blk[h0 + 4..h0 + 20]);
+                            put_nibbles(wg, base, g, i, &q);
+                            put_high5(wg, base + 16 * g, i, &q);
                         }
                     }
                 }
@@ -694,6 +749,8 @@ fn tile_record(fmt: WeightFormat) -> (usize, usize) {
         WeightFormat::Q8_0 => (34 * TILE_ROWS, 32),
         WeightFormat::Q4_0 => (18 * TILE_ROWS, 32),
         WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
+        WeightFormat::Q5_0 => (22 * TILE_ROWS, 32),
+        WeightFormat::Q5_1 => (24 * TILE_ROWS, 64),
         WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
             unreachable!("K-quant tiles have super-block records")
         }
@@ -872,6 +929,17 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                         .copy_from_slice(&blk[2 + 4 * p..6 + 4 * p]);
                 }
             }
+            WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                let h0 = if fmt == WeightFormat::Q5_1 {
+                    d[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                    4
+                } else {
+                    2
+                };
+                let q = unpack_q5(&blk[h0..h0 + 4], &blk[h0 + 4..h0 + 20]);
+                put_nibbles(d, q0, TILE_ROWS, r, &q);
+                put_high5(d, q0 + 256, r, &q);
+            }
             _ => {
                 d[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk[2..4]);
                 for p in 0..4 {
@@ -908,6 +976,18 @@ fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                     blk[2 + 4 * p..6 + 4 * p]
                         .copy_from_slice(&s[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]);
                 }
+            }
+            WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                let h0 = if fmt == WeightFormat::Q5_1 {
+                    blk[2..4].copy_from_slice(&s[32 + 2 * r..32 + 2 * r + 2]);
+                    4
+                } else {
+                    2
+                };
+                let mut q = [0u8; 32];
+                get_nibbles(s, q0, TILE_ROWS, r, &mut q);
+                get_high5(s, q0 + 256, r, &mut q);
+                repack_q5(&q, &mut blk[h0..h0 + 20]);
             }
             _ => {
                 blk[2..4].copy_from_slice(&s[32 + 2 * r..32 + 2 * r + 2]);

@@ -49,8 +49,10 @@ pub(crate) fn block_value(
     let (s, m) = lane_params(fmt, wg, g, i);
     let isum = isum as f32;
     match fmt {
-        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q6K => (s * dx) * isum,
-        WeightFormat::Q4_1 => ((s * dx) * isum) + ((m * dx) * (xsum as f32)),
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::Q6K => {
+            (s * dx) * isum
+        }
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => ((s * dx) * isum) + ((m * dx) * (xsum as f32)),
         WeightFormat::Q4K | WeightFormat::Q5K => ((s * dx) * isum) - ((m * dx) * (xsum as f32)),
     }
 }

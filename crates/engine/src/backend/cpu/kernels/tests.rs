@@ -60,6 +60,11 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[0..2].copy_from_slice(&f16b(scale));
                 b[2..4].copy_from_slice(&f16b(-8.0 * scale * (1.0 + 0.2 * r.f())));
             }
+            GgmlType::Q5_0 => b[0..2].copy_from_slice(&f16b(scale / 2.0)),
+            GgmlType::Q5_1 => {
+                b[0..2].copy_from_slice(&f16b(scale / 2.0));
+                b[2..4].copy_from_slice(&f16b(-8.0 * scale * (1.0 + 0.2 * r.f())));
+            }
             GgmlType::Q4K => {
                 b[0..2].copy_from_slice(&f16b(scale / 16.0));
                 b[2..4].copy_from_slice(&f16b(scale / 8.0));
@@ -104,6 +109,25 @@ fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                         out[bi * 32 + j] = lo as f32 * d + m;
                         out[bi * 32 + j + 16] = hi as f32 * d + m;
                     }
+                }
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // d, (m,) qh: u32 (bit j = bit 4 of element j), qs as Q4_0's.
+                let d = f16(b, 0);
+                let (m, h0) = if ty == GgmlType::Q5_1 {
+                    (f16(b, 2), 4)
+                } else {
+                    (0.0, 2)
+                };
+                let qh = u32::from_le_bytes([b[h0], b[h0 + 1], b[h0 + 2], b[h0 + 3]]);
+                for k in 0..32 {
+                    let nib = (b[h0 + 4 + k % 16] >> (4 * (k / 16))) & 15;
+                    let q = i32::from(nib) | (((qh >> k) & 1) as i32) << 4;
+                    out[bi * 32 + k] = if ty == GgmlType::Q5_0 {
+                        (q - 16) as f32 * d
+                    } else {
+                        q as f32 * d + m
+                    };
                 }
             }
             GgmlType::Q4K | GgmlType::Q5K => {
@@ -172,11 +196,13 @@ fn gen_acts(n_rows: usize, n_in: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn native_types() -> [GgmlType; 6] {
+fn native_types() -> [GgmlType; 8] {
     [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
@@ -539,6 +565,8 @@ fn extreme_quants_match_scalar_on_every_path() {
             GgmlType::Q8_0 => (2..34, 0x81),
             GgmlType::Q4_0 => (2..18, 0xff),
             GgmlType::Q4_1 => (4..20, 0xff),
+            GgmlType::Q5_0 => (2..22, 0xff),
+            GgmlType::Q5_1 => (4..24, 0xff),
             GgmlType::Q4K => (16..144, 0xff),
             GgmlType::Q5K => (16..176, 0xff),
             GgmlType::Q6K => (0..192, 0x00), // q - 32 = -32
@@ -792,6 +820,7 @@ fn large_tiled_matrices_match_the_row_dot_for_every_t() {
     for (ty, n_out, n_in) in [
         (GgmlType::Q8_0, 2048, 2048),
         (GgmlType::Q4_1, 2064, 4096),
+        (GgmlType::Q5_0, 2048, 4096),
         (GgmlType::Q4K, 2048, 4096),
         (GgmlType::Q5K, 2064, 3072),
         (GgmlType::Q6K, 2064, 3072),
@@ -839,6 +868,40 @@ fn large_tiled_matrices_match_the_row_dot_for_every_t() {
                 matmul_par(p, &w, &x, n_rows, &mut out, chunk, |n, f| pool.run(n, f));
                 assert_eq!(bits(&out), want, "{ty} T {n_rows} {}", p.name());
             }
+        }
+    }
+}
+
+/// Cache-warm prefill throughput of the tiled kernels (one thread, 64 token rows, a
+/// 3072 x 1024 slice of a Phi-4-mini matrix): the compute ceiling of each format.
+/// `cargo test --release -p verispec-engine tiled_prefill_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn tiled_prefill_speed() {
+    let (n_out, n_in, n_rows) = (1024, 3072, 64);
+    let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 5), n_rows, n_in);
+    for ty in native_types() {
+        let w = PackedMatrix::from_ggml_layout(
+            ty,
+            &gen_tensor(ty, n_out, n_in, 3),
+            n_out,
+            n_in,
+            Layout::Tiles16,
+        )
+        .unwrap();
+        for p in KernelPath::available() {
+            if p == KernelPath::Scalar {
+                continue;
+            }
+            let mut out = vec![0f32; n_rows * n_out];
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                matmul_with(p, &w, &x, n_rows, &mut out);
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            let macs = (n_out * n_in * n_rows) as f64;
+            eprintln!("{ty} {}: {:.1} GMAC/s", p.name(), macs / best / 1e9);
         }
     }
 }

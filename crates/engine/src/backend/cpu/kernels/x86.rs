@@ -93,8 +93,10 @@ pub(super) unsafe fn rows_avx512(
     let nb = n_in / QK;
     match fmt {
         WeightFormat::Q8_0 => dispatch_nt!(q8_0_512, w, nb, x, t0, nt, o),
-        WeightFormat::Q4_0 => dispatch_nt!(q4_0_512, w, nb, x, t0, nt, o),
-        WeightFormat::Q4_1 => dispatch_nt!(q4_1_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_0 => dispatch_nt!(q4_0_512; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_1 => dispatch_nt!(q4_1_512; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q5_0 => dispatch_nt!(q4_0_512; true, w, nb, x, t0, nt, o),
+        WeightFormat::Q5_1 => dispatch_nt!(q4_1_512; true, w, nb, x, t0, nt, o),
         WeightFormat::Q4K => dispatch_nt!(k4_512; false, w, nb, x, t0, nt, o),
         WeightFormat::Q5K => dispatch_nt!(k4_512; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_512, w, nb, x, t0, nt, o),
@@ -117,8 +119,10 @@ pub(super) unsafe fn rows_avx2(
     let nb = n_in / QK;
     match fmt {
         WeightFormat::Q8_0 => dispatch_nt!(q8_0_256, w, nb, x, t0, nt, o),
-        WeightFormat::Q4_0 => dispatch_nt!(q4_0_256, w, nb, x, t0, nt, o),
-        WeightFormat::Q4_1 => dispatch_nt!(q4_1_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_0 => dispatch_nt!(q4_0_256; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q4_1 => dispatch_nt!(q4_1_256; false, w, nb, x, t0, nt, o),
+        WeightFormat::Q5_0 => dispatch_nt!(q4_0_256; true, w, nb, x, t0, nt, o),
+        WeightFormat::Q5_1 => dispatch_nt!(q4_1_256; true, w, nb, x, t0, nt, o),
         WeightFormat::Q4K => dispatch_nt!(k4_256; false, w, nb, x, t0, nt, o),
         WeightFormat::Q5K => dispatch_nt!(k4_256; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_256, w, nb, x, t0, nt, o),
@@ -439,8 +443,10 @@ unsafe fn nibble_dots512<const NT: usize, const Q5: bool>(
     s0
 }
 
+/// Q4_0, or Q5_0 with `Q5` (22 bytes per block, quants offset by 16 instead of 8).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn q4_0_512<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let bb = if Q5 { 22 } else { 18 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -448,30 +454,37 @@ unsafe fn q4_0_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 18 * g);
+            prefetch(wp, pf, bb * g);
             let m = mask16(g);
             let dw = f16x16(wp, m);
-            let isum = if compact(g) {
+            let isum = if !Q5 && compact(g) {
                 nibble_dots_compact(wp.add(2 * g), x, b0, g)
             } else {
-                nibble_dots512::<NT, false>(wp.add(2 * g), x, b0, g, m)
+                nibble_dots512::<NT, Q5>(wp.add(2 * g), x, b0, g, m)
             };
             for t in 0..NT {
                 let xs = _mm512_maskz_loadu_epi32(m, x.s[t].add(b0));
-                let is = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<3>(xs));
+                let off = if Q5 {
+                    _mm512_slli_epi32::<4>(xs)
+                } else {
+                    _mm512_slli_epi32::<3>(xs)
+                };
+                let is = _mm512_sub_epi32(isum[t], off);
                 let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
                 let v = _mm512_mul_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(is));
                 acc[t] = _mm512_add_ps(acc[t], v);
             }
-            wp = wp.add(18 * g);
+            wp = wp.add(bb * g);
             b0 += g;
         }
         finish512!(acc, o, r, NT);
     }
 }
 
+/// Q4_1, or Q5_1 with `Q5` (24 bytes per block).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
-unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn q4_1_512<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let bb = if Q5 { 24 } else { 20 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -479,14 +492,14 @@ unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 20 * g);
+            prefetch(wp, pf, bb * g);
             let m = mask16(g);
             let dw = f16x16(wp, m);
             let mw = f16x16(wp.add(2 * g), m);
-            let isum = if compact(g) {
+            let isum = if !Q5 && compact(g) {
                 nibble_dots_compact(wp.add(4 * g), x, b0, g)
             } else {
-                nibble_dots512::<NT, false>(wp.add(4 * g), x, b0, g, m)
+                nibble_dots512::<NT, Q5>(wp.add(4 * g), x, b0, g, m)
             };
             for t in 0..NT {
                 let xs = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, x.s[t].add(b0)));
@@ -497,7 +510,7 @@ unsafe fn q4_1_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
                 );
                 acc[t] = _mm512_add_ps(acc[t], v);
             }
-            wp = wp.add(20 * g);
+            wp = wp.add(bb * g);
             b0 += g;
         }
         finish512!(acc, o, r, NT);
@@ -732,7 +745,7 @@ pub(super) use tiles256::tiles_avx2;
 /// `$dots(prep, x_q, nb, b)` is the raw integer dot with one activation row; `$update` turns it
 /// into the block's canonical float value.
 macro_rules! tile512 {
-    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:path) => {
         /// `MT` tiles (16 rows each) in block lockstep against `NT` activation rows: `MT`
         /// concurrent weight streams, which the hardware prefetchers serve faster than one
         /// (V15). `out[m]` is output row 0 of tile `m` for activation row 0, activation rows
@@ -855,7 +868,40 @@ unsafe fn q4_1_tile_prep(rec: *const u8) -> Q4Tile {
     }
 }
 
-/// Raw `sum(q * x)`, `q` in 0..16: low nibbles pair with elements 0..16, high with 16..32.
+/// ORs the fifth bits of a 5-bit record (high-bit granule `h`, lane = row) into its nibbles.
+#[inline(always)]
+unsafe fn q5_merge512(lo: &mut [__m512i; 4], hi: &mut [__m512i; 4], h: __m512i) {
+    for p in 0..4 {
+        let (hl, hh) = q5_high512(h, p);
+        lo[p] = _mm512_or_si512(lo[p], hl);
+        hi[p] = _mm512_or_si512(hi[p], hh);
+    }
+}
+
+#[inline(always)]
+unsafe fn q5_0_tile_prep(rec: *const u8) -> Q4Tile {
+    let mut w = q4_0_tile_prep(rec);
+    q5_merge512(
+        &mut w.lo,
+        &mut w.hi,
+        _mm512_loadu_si512(rec.add(288) as *const _),
+    );
+    w
+}
+
+#[inline(always)]
+unsafe fn q5_1_tile_prep(rec: *const u8) -> Q4Tile {
+    let mut w = q4_1_tile_prep(rec);
+    q5_merge512(
+        &mut w.lo,
+        &mut w.hi,
+        _mm512_loadu_si512(rec.add(320) as *const _),
+    );
+    w
+}
+
+/// Raw `sum(q * x)`, `q` in 0..16 (0..32 for the 5-bit formats): low nibbles pair with
+/// elements 0..16, high with 16..32.
 #[inline(always)]
 unsafe fn q4_tile_dots(w: &Q4Tile, q: *const i8, nb: usize, b: usize) -> __m512i {
     nibble_tile_dots(&w.lo, &w.hi, q, nb, b)
@@ -880,10 +926,10 @@ unsafe fn nibble_tile_dots(
     _mm512_add_epi32(s0, s1)
 }
 
-/// `(d * dx) * isum`, `isum = dp - 8 xsum`.
+/// `(d * dx) * isum`, `isum = dp - 2^S xsum` (Q4_0: `S` = 3, Q5_0: 4).
 #[inline(always)]
-unsafe fn q4_0_tile_update(w: &Q4Tile, dp: __m512i, dx: f32, xsum: i32) -> __m512 {
-    let is = _mm512_sub_epi32(dp, _mm512_set1_epi32(xsum << 3));
+unsafe fn offset_tile_update<const S: u32>(w: &Q4Tile, dp: __m512i, dx: f32, xsum: i32) -> __m512 {
+    let is = _mm512_sub_epi32(dp, _mm512_set1_epi32(xsum << S));
     _mm512_mul_ps(
         _mm512_mul_ps(w.d, _mm512_set1_ps(dx)),
         _mm512_cvtepi32_ps(is),
@@ -912,12 +958,26 @@ tile512!(
     288,
     q4_0_tile_prep,
     q4_tile_dots,
-    q4_0_tile_update
+    offset_tile_update::<3>
 );
 tile512!(
     q4_1_tile512,
     320,
     q4_1_tile_prep,
+    q4_tile_dots,
+    q4_1_tile_update
+);
+tile512!(
+    q5_0_tile512,
+    352,
+    q5_0_tile_prep,
+    q4_tile_dots,
+    offset_tile_update::<4>
+);
+tile512!(
+    q5_1_tile512,
+    384,
+    q5_1_tile_prep,
     q4_tile_dots,
     q4_1_tile_update
 );
@@ -999,12 +1059,11 @@ unsafe fn k4_tile512<const NT: usize, const MT: usize, const Q5: bool>(
                 prefetch(nib, pf, sub);
                 let (mut lo, mut hi) = q4_tile_nibbles(nib);
                 if Q5 {
-                    let h = _mm512_loadu_si512(nib.add(256) as *const _);
-                    for p in 0..4 {
-                        let (hl, hh) = q5_high512(h, p);
-                        lo[p] = _mm512_or_si512(lo[p], hl);
-                        hi[p] = _mm512_or_si512(hi[p], hh);
-                    }
+                    q5_merge512(
+                        &mut lo,
+                        &mut hi,
+                        _mm512_loadu_si512(nib.add(256) as *const _),
+                    );
                 }
                 for t in 0..NT {
                     let isum = _mm512_cvtepi32_ps(nibble_tile_dots(&lo, &hi, x.q[t], nb, b));
@@ -1119,6 +1178,8 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
         WeightFormat::Q8_0 => go!(q8_0_tile512),
         WeightFormat::Q4_0 => go!(q4_0_tile512),
         WeightFormat::Q4_1 => go!(q4_1_tile512),
+        WeightFormat::Q5_0 => go!(q5_0_tile512),
+        WeightFormat::Q5_1 => go!(q5_1_tile512),
         WeightFormat::Q4K => go!(k4_tile512; false),
         WeightFormat::Q5K => go!(k4_tile512; true),
         WeightFormat::Q6K => go!(q6k_tile512),
@@ -1313,8 +1374,10 @@ unsafe fn nibble_dots256<const NT: usize, const Q5: bool>(
     out
 }
 
+/// Q4_0, or Q5_0 with `Q5` (22 bytes per block, quants offset by 16).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn q4_0_256<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let bb = if Q5 { 22 } else { 18 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -1322,27 +1385,34 @@ unsafe fn q4_0_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 18 * g);
+            prefetch(wp, pf, bb * g);
             halves!(g, |h, n, mk| {
                 let dw = f16x8(wp.add(16 * h), n);
-                let isum = nibble_dots256::<NT, false>(wp.add(2 * g), x, b0, g, h, n, mk);
+                let isum = nibble_dots256::<NT, Q5>(wp.add(2 * g), x, b0, g, h, n, mk);
                 for t in 0..NT {
                     let xs = ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk);
-                    let is = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<3>(xs));
+                    let off = if Q5 {
+                        _mm256_slli_epi32::<4>(xs)
+                    } else {
+                        _mm256_slli_epi32::<3>(xs)
+                    };
+                    let is = _mm256_sub_epi32(isum[t], off);
                     let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
                     let v = _mm256_mul_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(is));
                     acc[t][h] = _mm256_add_ps(acc[t][h], v);
                 }
             });
-            wp = wp.add(18 * g);
+            wp = wp.add(bb * g);
             b0 += g;
         }
         finish256!(acc, o, r, NT);
     }
 }
 
+/// Q4_1, or Q5_1 with `Q5` (24 bytes per block).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+unsafe fn q4_1_256<const NT: usize, const Q5: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let bb = if Q5 { 24 } else { 20 };
     for r in 0..o.rows {
         let w = w.add(r * o.row_bytes);
         let pf = prefetch_ahead();
@@ -1350,11 +1420,11 @@ unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            prefetch(wp, pf, 20 * g);
+            prefetch(wp, pf, bb * g);
             halves!(g, |h, n, mk| {
                 let dw = f16x8(wp.add(16 * h), n);
                 let mw = f16x8(wp.add(2 * g + 16 * h), n);
-                let isum = nibble_dots256::<NT, false>(wp.add(4 * g), x, b0, g, h, n, mk);
+                let isum = nibble_dots256::<NT, Q5>(wp.add(4 * g), x, b0, g, h, n, mk);
                 for t in 0..NT {
                     let xs = _mm256_cvtepi32_ps(ld8(x.s[t].add(b0 + 8 * h) as *const u8, n, mk));
                     let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
@@ -1365,7 +1435,7 @@ unsafe fn q4_1_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out
                     acc[t][h] = _mm256_add_ps(acc[t][h], v);
                 }
             });
-            wp = wp.add(20 * g);
+            wp = wp.add(bb * g);
             b0 += g;
         }
         finish256!(acc, o, r, NT);

@@ -92,7 +92,7 @@ unsafe fn madd1(v: __m256i) -> __m256i {
 /// kernel is compute-bound, and broadcasting per half made Phi-4-mini q8_0 prefill 20% slower
 /// than the rows layout (V23).
 macro_rules! tile256 {
-    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:ident) => {
+    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:path) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name<const NT: usize, const MT: usize>(
             w: [*const u8; MT],
@@ -223,10 +223,44 @@ unsafe fn q4_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
     ]
 }
 
-/// `(d * dx) * isum`, `isum = dp - 8 xsum`.
+/// [`q4_dots`] for 5-bit quants.
 #[inline(always)]
-unsafe fn q4_0_half_update(w: &Q4Half, dp: __m256i, dx: f32, xsum: i32) -> __m256 {
-    let is = _mm256_sub_epi32(dp, _mm256_set1_epi32(xsum << 3));
+unsafe fn q5_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
+    [
+        nibble_half_dots::<true>(&w[0].lo, &w[0].hi, xb),
+        nibble_half_dots::<true>(&w[1].lo, &w[1].hi, xb),
+    ]
+}
+
+/// ORs the fifth bits (half `h` of the high-bit granule at `p`) into a half's nibbles.
+#[inline(always)]
+unsafe fn q5_merge_half(lo: &mut [__m256i; 4], hi: &mut [__m256i; 4], p: *const u8, h: usize) {
+    let hb = ld(p.add(32 * h));
+    for k in 0..4 {
+        let (hl, hh) = q5_high256(hb, k);
+        lo[k] = _mm256_or_si256(lo[k], hl);
+        hi[k] = _mm256_or_si256(hi[k], hh);
+    }
+}
+
+#[inline(always)]
+unsafe fn q5_0_half(rec: *const u8, h: usize) -> Q4Half {
+    let mut w = q4_0_half(rec, h);
+    q5_merge_half(&mut w.lo, &mut w.hi, rec.add(288), h);
+    w
+}
+
+#[inline(always)]
+unsafe fn q5_1_half(rec: *const u8, h: usize) -> Q4Half {
+    let mut w = q4_1_half(rec, h);
+    q5_merge_half(&mut w.lo, &mut w.hi, rec.add(320), h);
+    w
+}
+
+/// `(d * dx) * isum`, `isum = dp - 2^S xsum` (Q4_0: `S` = 3, Q5_0: 4).
+#[inline(always)]
+unsafe fn offset_half_update<const S: u32>(w: &Q4Half, dp: __m256i, dx: f32, xsum: i32) -> __m256 {
+    let is = _mm256_sub_epi32(dp, _mm256_set1_epi32(xsum << S));
     _mm256_mul_ps(
         _mm256_mul_ps(w.d, _mm256_set1_ps(dx)),
         _mm256_cvtepi32_ps(is),
@@ -270,8 +304,22 @@ unsafe fn q8_update(w: &Q8Half, isum: __m256i, dx: f32, _xsum: i32) -> __m256 {
 }
 
 tile256!(q8_0_tile256, 544, q8_half, q8_dots, q8_update);
-tile256!(q4_0_tile256, 288, q4_0_half, q4_dots, q4_0_half_update);
+tile256!(
+    q4_0_tile256,
+    288,
+    q4_0_half,
+    q4_dots,
+    offset_half_update::<3>
+);
 tile256!(q4_1_tile256, 320, q4_1_half, q4_dots, q4_1_half_update);
+tile256!(
+    q5_0_tile256,
+    352,
+    q5_0_half,
+    q5_dots,
+    offset_half_update::<4>
+);
+tile256!(q5_1_tile256, 384, q5_1_half, q5_dots, q4_1_half_update);
 
 /// Shuffle control that moves byte `k` of every 32-bit lane to its low byte, zeroing the rest.
 #[inline(always)]
@@ -353,12 +401,7 @@ unsafe fn k4_tile256<const NT: usize, const MT: usize, const Q5: bool>(
                 let mut halves = [nibbles_half(nib, 0), nibbles_half(nib, 1)];
                 if Q5 {
                     for (h, (lo, hi)) in halves.iter_mut().enumerate() {
-                        let hb = ld(nib.add(256 + 32 * h));
-                        for p in 0..4 {
-                            let (hl, hh) = q5_high256(hb, p);
-                            lo[p] = _mm256_or_si256(lo[p], hl);
-                            hi[p] = _mm256_or_si256(hi[p], hh);
-                        }
+                        q5_merge_half(lo, hi, nib.add(256), h);
                     }
                 }
                 for t in 0..NT {
@@ -498,6 +541,8 @@ pub(in super::super) unsafe fn tiles_avx2<const MT: usize>(
         WeightFormat::Q8_0 => go!(q8_0_tile256),
         WeightFormat::Q4_0 => go!(q4_0_tile256),
         WeightFormat::Q4_1 => go!(q4_1_tile256),
+        WeightFormat::Q5_0 => go!(q5_0_tile256),
+        WeightFormat::Q5_1 => go!(q5_1_tile256),
         WeightFormat::Q4K => go!(k4_tile256; false),
         WeightFormat::Q5K => go!(k4_tile256; true),
         WeightFormat::Q6K => go!(q6k_tile256),
