@@ -39,6 +39,7 @@ pub(super) const MAX_QUERIES: usize = 32;
 /// The inputs of one task: `rows` consecutive token rows (row `r` at position `pos + r`) times
 /// `nh` query heads, sharing the KV head at offset `off` of the cache rows. Query `(r, h)` is
 /// `q[r * row_stride + h * head_dim..][..head_dim]` (the heads of a row are contiguous).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub(super) struct Group<'a> {
     pub q: &'a [f32],
     pub nh: usize,

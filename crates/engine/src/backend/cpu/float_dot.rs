@@ -17,6 +17,7 @@
 use crate::gguf::GgmlType;
 
 /// Weight rows dotted together (the rest of a task's rows one at a time).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub const ROWS: usize = 8;
 
 /// `out[r * n_rows + t] = dot(w_rows[r], x[t * n_in ..][..n_in])` for every weight row `r` and
@@ -86,6 +87,7 @@ pub fn row_dots(
 /// Token rows laid out for [`row_dots_paired`]: pair `p`, chunk `c` holds `x[2p][8c .. 8c + 8]`
 /// then `x[2p + 1][8c .. 8c + 8]` (zeros past the last row), so one 16-lane register carries
 /// the same 8 elements of two token rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub struct PairedRows {
     data: Vec<f32>,
     /// Where the layout starts in `data`: the first 64-byte boundary, so that no 16-lane load
@@ -122,14 +124,16 @@ impl PairedRows {
                 n_rows,
             });
         }
-        let _ = x;
+        let _ = (x, n_in);
         None
     }
 }
 
 /// Weight rows in a register tile of the paired kernel.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub const TILE_ROWS: usize = 4;
 /// Token-row pairs in a register tile of the paired kernel (4 pairs: 8 token rows).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub const TILE_PAIRS: usize = 4;
 
 /// [`row_dots`] for several token rows on AVX-512: `out[r * n_rows + t]` for every weight row

@@ -748,6 +748,7 @@ impl Backend for CpuBackend {
 }
 
 #[cfg(test)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the SIMD cases are x86 only
 mod attend_tests {
     use super::{Attend, AttnPath, CpuBackend};
     use crate::backend::{AttnSeg, Backend, ComputePath};

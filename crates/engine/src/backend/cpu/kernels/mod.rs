@@ -437,6 +437,7 @@ impl AlignedI8 {
 
 /// One quantized activation row.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 pub(crate) struct ActRow<'a> {
     pub q: &'a [i8],
     pub d: &'a [f32],
@@ -689,6 +690,8 @@ unsafe fn run_tiles(
         }
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     // Other paths read the tiles' rows back in the rows layout (the same values, so the same
     // bits; slow, used only when a path is forced).
     let mut buf = Vec::new();
@@ -729,10 +732,12 @@ unsafe fn tile_group<const MT: usize>(
 }
 
 /// Matrices at least this large read several tiles in lockstep for any number of rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 const MULTI_TILE_MIN_BYTES: usize = 4 << 20;
 
 /// How many tiles a tiled matmul reads in lockstep ([`Tuning`]): several concurrent weight
 /// streams per thread gave +8-13% decode on the first development machine (V15).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
 fn multi_tiles() -> usize {
     match MULTI_TILES.load(Ordering::Relaxed) {
         0 => Tuning::get().multi_tiles,

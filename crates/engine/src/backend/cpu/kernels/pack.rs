@@ -374,6 +374,7 @@ impl PackedMatrix {
     }
 
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86 kernels only
     pub(crate) fn row_bytes(&self) -> usize {
         self.row_bytes
     }
