@@ -21,9 +21,10 @@
 //! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
 //! Q6_K sub-blocks are re-nibbled into it). Q6_K high-bit granule `r` (0..2): byte `e` of lane
 //! `i`, bits `2s..2s+2` = bits 4..6 of element `16r + 4s + e`. Q6_K `sc_lo[i]` / `sc_hi[i]` are
-//! the scales of elements 0..16 / 16..32 of block `i`. Q5_0 / Q5_1 / Q5_K high-bit granule: byte `e` of lane
-//! `i`, bit `p` = bit 4 of element `4p + e` and bit `4 + p` = bit 4 of element `16 + 4p + e`
-//! (`p` in 0..4), so nibble granule `p` finds its fifth bits at one shift of the granule.
+//! the scales of elements 0..16 / 16..32 of block `i`. Q5_0 / Q5_1 / Q5_K high-bit granule:
+//! byte `e` of lane `i`, bit `p` = bit 4 of element `4p + e` and bit `4 + p` = bit 4 of element
+//! `16 + 4p + e` (`p` in 0..4), so nibble granule `p` finds its fifth bits at one shift of the
+//! granule.
 //!
 //! **Row tiles** (`Layout::Tiles16`, every native format when `n_out % 16 == 0` and the
 //! AVX-512 VNNI or AVX2 kernels run; AVX2 reads each 64-byte section as two halves of 8 rows):
@@ -613,7 +614,7 @@ fn put_nibbles(dst: &mut [u8], base: usize, g: usize, i: usize, q: &[u8]) {
     }
 }
 
-/// Writes the Q5_K high bits of one 32-element block (`q` = its 32 values, each < 32) into
+/// Writes the fifth bits (Q5_0, Q5_1, Q5_K) of one 32-element block (`q` = its 32 values, each < 32) into
 /// lane `i` of the high-bit granule at `dst[base..]`.
 fn put_high5(dst: &mut [u8], base: usize, i: usize, q: &[u8]) {
     for e in 0..4 {
