@@ -277,10 +277,9 @@ fn quantize_block_scalar(xb: &[f32; QK]) -> (f32, [i8; QK]) {
     (d, q)
 }
 
-/// [`quantize_block_scalar`], with AVX-512 or AVX2 when `simd` is that path (an available
-/// one; others use the scalar code) (the same bits:
-/// the max is exact in any order, the division is IEEE, and the rounding is the same exact
-/// steps).
+/// [`quantize_block_scalar`], with AVX-512 or AVX2 when `simd` is that (available) path and
+/// the scalar code otherwise. The bits are the same: the max is exact in any order, the
+/// division is IEEE, and the rounding takes the same exact steps.
 #[inline]
 fn quantize_block(xb: &[f32; QK], simd: KernelPath) -> (f32, [i8; QK]) {
     #[cfg(target_arch = "x86_64")]

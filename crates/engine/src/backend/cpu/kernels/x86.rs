@@ -878,26 +878,23 @@ unsafe fn q5_merge512(lo: &mut [__m512i; 4], hi: &mut [__m512i; 4], h: __m512i) 
     }
 }
 
+/// A Q5_0 / Q5_1 record: the Q4_0 / Q4_1 record `w` with the high-bit granule that follows
+/// it (at `rec + q4_rec`, `q4_rec` = the 4-bit record's size) merged in.
 #[inline(always)]
-unsafe fn q5_0_tile_prep(rec: *const u8) -> Q4Tile {
-    let mut w = q4_0_tile_prep(rec);
-    q5_merge512(
-        &mut w.lo,
-        &mut w.hi,
-        _mm512_loadu_si512(rec.add(288) as *const _),
-    );
+unsafe fn q5_tile(mut w: Q4Tile, rec: *const u8, q4_rec: usize) -> Q4Tile {
+    let h = _mm512_loadu_si512(rec.add(q4_rec) as *const _);
+    q5_merge512(&mut w.lo, &mut w.hi, h);
     w
 }
 
 #[inline(always)]
+unsafe fn q5_0_tile_prep(rec: *const u8) -> Q4Tile {
+    q5_tile(q4_0_tile_prep(rec), rec, 288)
+}
+
+#[inline(always)]
 unsafe fn q5_1_tile_prep(rec: *const u8) -> Q4Tile {
-    let mut w = q4_1_tile_prep(rec);
-    q5_merge512(
-        &mut w.lo,
-        &mut w.hi,
-        _mm512_loadu_si512(rec.add(320) as *const _),
-    );
-    w
+    q5_tile(q4_1_tile_prep(rec), rec, 320)
 }
 
 /// Raw `sum(q * x)`, `q` in 0..16 (0..32 for the 5-bit formats): low nibbles pair with

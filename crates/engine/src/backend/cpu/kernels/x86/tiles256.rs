@@ -87,12 +87,12 @@ unsafe fn madd1(v: __m256i) -> __m256i {
 /// `MT` tiles of a tiled block-32 format against `NT` activation rows. `$rec`: record bytes;
 /// `$prep(rec, h)` loads half `h` of a record's scales and granules; `$dots(&[prep; 2], xb)`
 /// is the raw integer dot of both halves with one activation row's 8 broadcast granules of
-/// the block; `$update` turns a half's dot into the block's canonical float value. Both halves are prepared before the
-/// activation rows, so each broadcast granule serves 16 rows: with several activation rows the
-/// kernel is compute-bound, and broadcasting per half made Phi-4-mini q8_0 prefill 20% slower
-/// than the rows layout (V23).
+/// the block; `$update` turns a half's dot into the block's canonical float value. Both
+/// halves are prepared before the activation rows, so each broadcast granule serves 16 rows:
+/// with several activation rows the kernel is compute-bound, and broadcasting per half made
+/// Phi-4-mini q8_0 prefill 20% slower than the rows layout (V23).
 macro_rules! tile256 {
-    ($name:ident, $rec:expr, $prep:ident, $dots:ident, $update:path) => {
+    ($name:ident, $rec:expr, $prep:ident, $dots:path, $update:path) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name<const NT: usize, const MT: usize>(
             w: [*const u8; MT],
@@ -215,20 +215,12 @@ unsafe fn nibble_half_dots<const Q5: bool>(
     }
 }
 
+/// [`nibble_half_dots`] of both halves of a Q4_0 / Q4_1 (`Q5`: Q5_0 / Q5_1) record.
 #[inline(always)]
-unsafe fn q4_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
+unsafe fn nibble_dots<const Q5: bool>(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
     [
-        nibble_half_dots::<false>(&w[0].lo, &w[0].hi, xb),
-        nibble_half_dots::<false>(&w[1].lo, &w[1].hi, xb),
-    ]
-}
-
-/// [`q4_dots`] for 5-bit quants.
-#[inline(always)]
-unsafe fn q5_dots(w: &[Q4Half; 2], xb: &[__m256i; 8]) -> [__m256i; 2] {
-    [
-        nibble_half_dots::<true>(&w[0].lo, &w[0].hi, xb),
-        nibble_half_dots::<true>(&w[1].lo, &w[1].hi, xb),
+        nibble_half_dots::<Q5>(&w[0].lo, &w[0].hi, xb),
+        nibble_half_dots::<Q5>(&w[1].lo, &w[1].hi, xb),
     ]
 }
 
@@ -243,18 +235,22 @@ unsafe fn q5_merge_half(lo: &mut [__m256i; 4], hi: &mut [__m256i; 4], p: *const 
     }
 }
 
+/// Half `h` of a Q5_0 / Q5_1 record: the Q4_0 / Q4_1 half with the high-bit granule that
+/// follows it (at `rec + q4_rec`, `q4_rec` = the 4-bit record's size) merged in.
 #[inline(always)]
-unsafe fn q5_0_half(rec: *const u8, h: usize) -> Q4Half {
-    let mut w = q4_0_half(rec, h);
-    q5_merge_half(&mut w.lo, &mut w.hi, rec.add(288), h);
+unsafe fn q5_half(mut w: Q4Half, rec: *const u8, q4_rec: usize, h: usize) -> Q4Half {
+    q5_merge_half(&mut w.lo, &mut w.hi, rec.add(q4_rec), h);
     w
 }
 
 #[inline(always)]
+unsafe fn q5_0_half(rec: *const u8, h: usize) -> Q4Half {
+    q5_half(q4_0_half(rec, h), rec, 288, h)
+}
+
+#[inline(always)]
 unsafe fn q5_1_half(rec: *const u8, h: usize) -> Q4Half {
-    let mut w = q4_1_half(rec, h);
-    q5_merge_half(&mut w.lo, &mut w.hi, rec.add(320), h);
-    w
+    q5_half(q4_1_half(rec, h), rec, 320, h)
 }
 
 /// `(d * dx) * isum`, `isum = dp - 2^S xsum` (Q4_0: `S` = 3, Q5_0: 4).
@@ -308,18 +304,30 @@ tile256!(
     q4_0_tile256,
     288,
     q4_0_half,
-    q4_dots,
+    nibble_dots::<false>,
     offset_half_update::<3>
 );
-tile256!(q4_1_tile256, 320, q4_1_half, q4_dots, q4_1_half_update);
+tile256!(
+    q4_1_tile256,
+    320,
+    q4_1_half,
+    nibble_dots::<false>,
+    q4_1_half_update
+);
 tile256!(
     q5_0_tile256,
     352,
     q5_0_half,
-    q5_dots,
+    nibble_dots::<true>,
     offset_half_update::<4>
 );
-tile256!(q5_1_tile256, 384, q5_1_half, q5_dots, q4_1_half_update);
+tile256!(
+    q5_1_tile256,
+    384,
+    q5_1_half,
+    nibble_dots::<true>,
+    q4_1_half_update
+);
 
 /// Shuffle control that moves byte `k` of every 32-bit lane to its low byte, zeroing the rest.
 #[inline(always)]
