@@ -12,8 +12,8 @@
 
 use std::arch::aarch64::*;
 
-use super::pack::lane_q6_scales;
-use super::scalar::{block_value, reduce16};
+use super::pack::lane_sub_scales;
+use super::scalar::{block_msum, block_value, reduce16};
 use super::{QuantizedActs, WeightFormat, GROUP, QK, TILE};
 
 #[inline]
@@ -45,8 +45,8 @@ unsafe fn ld16(p: *const u8, n: usize) -> uint8x16_t {
 }
 
 /// Signed weight quants of granule `k` (0..8) for lanes `4c..4c+4` of a group, centred like
-/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q5_0 `q - 16`, Q4_1 / Q4_K / Q5_1 / Q5_K `q`, Q6_K
-/// `q - 32`.
+/// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q5_0 `q - 16`, Q4_1 / Q4_K / Q5_1 / Q5_K / Q2_K `q`,
+/// Q6_K `q - 32`, Q3_K `q - 4`.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn weight_granule(
@@ -95,6 +95,25 @@ unsafe fn weight_granule(
             let shift = vdupq_n_s8(-(2 * (k % 4) as i8));
             let high = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, shift), vdupq_n_u8(3)));
             vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32))
+        }
+        WeightFormat::Q3K | WeightFormat::Q2K => {
+            let s = g / 8;
+            let cr = if fmt == WeightFormat::Q3K {
+                14 * s
+            } else {
+                4 * s + 2 * g
+            };
+            // Crumb granule `k / 4`, bits `2 (k % 4)..`; Q3_K's third bit is bit `k` of its
+            // high-bit granule.
+            let v = ld16(wg.add(cr + (k / 4) * 4 * g + 16 * c), n);
+            let low = vandq_u8(vshlq_u8(v, vdupq_n_s8(-(2 * (k % 4) as i8))), vdupq_n_u8(3));
+            if fmt == WeightFormat::Q3K {
+                let h = ld16(wg.add(cr + 8 * g + 16 * c), n);
+                let high = vandq_u8(vshlq_u8(h, vdupq_n_s8(2 - k as i8)), vdupq_n_u8(4));
+                vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(4))
+            } else {
+                vreinterpretq_s8_u8(low)
+            }
         }
     }
 }
@@ -146,14 +165,18 @@ pub(super) unsafe fn row_neon(
                     if i >= g {
                         break;
                     }
-                    let isum = if fmt == WeightFormat::Q6K {
-                        let (sl, sh) = lane_q6_scales(wg, g, i);
-                        sl * l4[j] + sh * h4[j]
+                    let isum = if matches!(
+                        fmt,
+                        WeightFormat::Q6K | WeightFormat::Q3K | WeightFormat::Q2K
+                    ) {
+                        let sc = lane_sub_scales(fmt, wg, g, i);
+                        sc[0] * l4[j] + sc[1] * h4[j]
                     } else {
                         l4[j] + h4[j]
                     };
                     let b = b0 + i;
-                    let v = block_value(fmt, wg, g, i, isum, a.sum[b], a.d[b]);
+                    let msum = block_msum(fmt, wg, g, i, &a, b);
+                    let v = block_value(fmt, wg, g, i, isum, msum, a.d[b]);
                     acc[t][i] += v;
                 }
             }

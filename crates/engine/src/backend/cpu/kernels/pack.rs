@@ -16,6 +16,8 @@
 //! | Q4_K | `d: [f16; S]`, `dmin: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 4 nibble granules | 144 S |
 //! | Q5_K | Q4_K's sections (nibbles = low 4 bits), then 1 high-bit granule | 176 S |
 //! | Q6_K | `d: [f16; S]`, `sc_lo: [i8; g]`, `sc_hi: [i8; g]`, 4 nibble granules (low 4 bits), 2 high-bit granules | 210 S |
+//! | Q3_K | `d: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 2 crumb granules (low 2 bits), 1 high-bit granule (bit 2) | 110 S |
+//! | Q2_K | `d: [f16; S]`, `dmin: [f16; S]`, `sc_lo: [u8; g]`, `sc_hi: [u8; g]` (ggml's scale bytes: scale in the low nibble, min in the high), 2 crumb granules | 84 S |
 //!
 //! Nibble granule `p` (0..4): byte `e` of lane `i` holds element `4p + e` of the block in its
 //! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
@@ -24,7 +26,10 @@
 //! the scales of elements 0..16 / 16..32 of block `i`. Q5_0 / Q5_1 / Q5_K high-bit granule:
 //! byte `e` of lane `i`, bit `p` = bit 4 of element `4p + e` and bit `4 + p` = bit 4 of element
 //! `16 + 4p + e` (`p` in 0..4), so nibble granule `p` finds its fifth bits at one shift of the
-//! granule.
+//! granule; Q3_K's high-bit granule is the same with bit 2 of each quant. Crumb granule `c`
+//! (0..2, Q3_K and Q2_K): bits `2m..2m+2` of byte `e` of lane `i` = the low 2 bits of element
+//! `16c + 4m + e`. Q3_K / Q2_K `sc_lo` / `sc_hi` belong to elements 0..16 / 16..32 of a block
+//! (ggml's 16-element sub-blocks).
 //!
 //! **Row tiles** (`Layout::Tiles16`, every native format when `n_out % 16 == 0` and the
 //! AVX-512 VNNI or AVX2 kernels run; AVX2 reads each 64-byte section as two halves of 8 rows):
@@ -50,6 +55,8 @@
 //! | Q4_K | `d: [f16; 16]`, `dmin: [f16; 16]`, 3 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 12 packed scale bytes), then per sub-block `j` 4 nibble granules (256 bytes) | 2304 |
 //! | Q5_K | Q4_K's first 256 bytes, then per sub-block `j` (320 bytes): 4 nibble granules (low 4 bits), 1 high-bit granule (64 bytes) | 2816 |
 //! | Q6_K | `d: [f16; 16]`, then per sub-block `j` (416 bytes): `sc_lo: [i8; 16]`, `sc_hi: [i8; 16]`, 4 nibble granules (low 4 bits, 256 bytes), 2 high-bit granules (128 bytes) | 3360 |
+//! | Q3_K | `d: [f16; 16]`, 3 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 12 packed scale bytes), then per sub-block `j` (192 bytes): 2 crumb granules, 1 high-bit granule | 1760 |
+//! | Q2_K | `d: [f16; 16]`, `dmin: [f16; 16]`, 4 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 16 scale bytes), then per sub-block `j` 2 crumb granules (128 bytes) | 1344 |
 //!
 //! K-quant nibble and high-bit granules are those of the rows layout with lane = row: nibble
 //! granule `p` holds elements `4p + e` (low) and `16 + 4p + e` (high) of the sub-block; Q6_K
@@ -78,10 +85,12 @@ pub enum WeightFormat {
     Q4K,
     Q5K,
     Q6K,
+    Q3K,
+    Q2K,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 8] = [
+    pub const ALL: [WeightFormat; 10] = [
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
@@ -90,6 +99,8 @@ impl WeightFormat {
         WeightFormat::Q4K,
         WeightFormat::Q5K,
         WeightFormat::Q6K,
+        WeightFormat::Q3K,
+        WeightFormat::Q2K,
     ];
 
     pub fn ggml_type(self) -> GgmlType {
@@ -102,6 +113,8 @@ impl WeightFormat {
             WeightFormat::Q4K => GgmlType::Q4K,
             WeightFormat::Q5K => GgmlType::Q5K,
             WeightFormat::Q6K => GgmlType::Q6K,
+            WeightFormat::Q3K => GgmlType::Q3K,
+            WeightFormat::Q2K => GgmlType::Q2K,
         }
     }
 
@@ -127,7 +140,22 @@ impl WeightFormat {
             WeightFormat::Q4K => 144 * (g / 8),
             WeightFormat::Q5K => 176 * (g / 8),
             WeightFormat::Q6K => 210 * (g / 8),
+            WeightFormat::Q3K => 110 * (g / 8),
+            WeightFormat::Q2K => 84 * (g / 8),
         }
+    }
+
+    /// Whether the format is a K-quant (super-blocks of 256, one record per super-block in
+    /// tiles).
+    pub(crate) fn is_k(self) -> bool {
+        matches!(
+            self,
+            WeightFormat::Q4K
+                | WeightFormat::Q5K
+                | WeightFormat::Q6K
+                | WeightFormat::Q3K
+                | WeightFormat::Q2K
+        )
     }
 
     /// Bytes of a packed row of `n_in` elements (the same as the GGUF row).
@@ -429,7 +457,7 @@ impl PackedMatrix {
 
 /// Weight quants of lane `i` of a group as integers, centred where the format has an
 /// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q5_0 `q - 16`, Q5_1 / Q5_K `q`
-/// (0..32), Q6_K `q - 32`.
+/// (0..32), Q6_K `q - 32`, Q3_K `q - 4`, Q2_K `q` (0..4).
 #[inline(always)]
 pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mut [i32; QK]) {
     match fmt {
@@ -478,11 +506,30 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
                 q[k] = i32::from(lo | (hi << 4)) - 32;
             }
         }
+        WeightFormat::Q3K | WeightFormat::Q2K => {
+            let s = g / 8;
+            let cr = if fmt == WeightFormat::Q3K {
+                14 * s
+            } else {
+                4 * s + 2 * g
+            };
+            for k in 0..QK {
+                let (c, m, e) = (k / 16, (k % 16) / 4, k % 4);
+                let low = (wg[cr + c * 4 * g + 4 * i + e] >> (2 * m)) & 3;
+                q[k] = if fmt == WeightFormat::Q3K {
+                    let h = (wg[cr + 8 * g + 4 * i + e] >> (k / 4)) & 1;
+                    i32::from(low | (h << 2)) - 4
+                } else {
+                    i32::from(low)
+                };
+            }
+        }
     }
 }
 
 /// Per-lane float parameters: (scale, min-or-0) as the kernels use them. Q4_K: (`d * sc`,
-/// `dmin * m`); Q6_K: (`d`, 0) with the integer scales from [`lane_q6_scales`].
+/// `dmin * m`); Q6_K, Q3_K: (`d`, 0) and Q2_K: (`d`, `dmin`), with the integer scales and
+/// mins from [`lane_sub_scales`].
 #[inline(always)]
 pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (f32, f32) {
     match fmt {
@@ -496,18 +543,41 @@ pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (
             let (sc, m) = k4_scales_mins(&wg[4 * s + 12 * sb..4 * s + 12 * sb + 12]);
             (d * f32::from(sc[i % 8]), dmin * f32::from(m[i % 8]))
         }
-        WeightFormat::Q6K => (f16_at(wg, 2 * (i / 8)), 0.0),
+        WeightFormat::Q6K | WeightFormat::Q3K => (f16_at(wg, 2 * (i / 8)), 0.0),
+        WeightFormat::Q2K => (
+            f16_at(wg, 2 * (i / 8)),
+            f16_at(wg, 2 * (g / 8) + 2 * (i / 8)),
+        ),
     }
 }
 
-/// Q6_K integer scales of lane `i`: (elements 0..16, elements 16..32).
+/// The integer scales of lane `i` of a Q6_K / Q3_K / Q2_K group (elements 0..16, elements
+/// 16..32), and Q2_K's integer mins (0 for the others).
 #[inline(always)]
-pub(crate) fn lane_q6_scales(wg: &[u8], g: usize, i: usize) -> (i32, i32) {
+pub(crate) fn lane_sub_scales(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> [i32; 4] {
     let s = g / 8;
-    (
-        i32::from(wg[2 * s + i] as i8),
-        i32::from(wg[2 * s + g + i] as i8),
-    )
+    match fmt {
+        WeightFormat::Q3K => {
+            let (sb, j) = (i / 8, i % 8);
+            let sc = crate::quant::q3_k::unpack_scales(&wg[2 * s + 12 * sb..2 * s + 12 * sb + 12]);
+            [i32::from(sc[2 * j]), i32::from(sc[2 * j + 1]), 0, 0]
+        }
+        WeightFormat::Q2K => {
+            let (lo, hi) = (wg[4 * s + i], wg[4 * s + g + i]);
+            [
+                i32::from(lo & 0x0f),
+                i32::from(hi & 0x0f),
+                i32::from(lo >> 4),
+                i32::from(hi >> 4),
+            ]
+        }
+        _ => [
+            i32::from(wg[2 * s + i] as i8),
+            i32::from(wg[2 * s + g + i] as i8),
+            0,
+            0,
+        ],
+    }
 }
 
 /// Dequantized values of lane `i` of a group, with ggml's formulas and operation order.
@@ -521,10 +591,10 @@ fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) 
             WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => qf * a,
             WeightFormat::Q4_1 | WeightFormat::Q5_1 => qf * a + m,
             WeightFormat::Q4K | WeightFormat::Q5K => a * qf - m,
-            WeightFormat::Q6K => {
-                let (lo, hi) = lane_q6_scales(wg, g, i);
-                let sc = if k < 16 { lo } else { hi };
-                (a * sc as f32) * qf
+            WeightFormat::Q6K | WeightFormat::Q3K | WeightFormat::Q2K => {
+                let sc = lane_sub_scales(fmt, wg, g, i);
+                let h = k / 16;
+                (a * sc[h] as f32) * qf - m * sc[2 + h] as f32
             }
         };
     }
@@ -614,25 +684,87 @@ fn put_nibbles(dst: &mut [u8], base: usize, g: usize, i: usize, q: &[u8]) {
     }
 }
 
-/// Writes the fifth bits (Q5_0, Q5_1, Q5_K) of one 32-element block (`q` = its 32 values, each < 32) into
-/// lane `i` of the high-bit granule at `dst[base..]`.
-fn put_high5(dst: &mut [u8], base: usize, i: usize, q: &[u8]) {
+/// Writes bit `bit` of each of the 32 values `q` of one block (the fifth bit of Q5_0, Q5_1,
+/// Q5_K: `bit` = 4; the third of Q3_K: 2) into lane `i` of the high-bit granule at
+/// `dst[base..]`: bit `k` of byte `e` = bit `bit` of element `4k + e`.
+fn put_high(dst: &mut [u8], base: usize, i: usize, q: &[u8], bit: u32) {
     for e in 0..4 {
         let mut byte = 0u8;
-        for p in 0..4 {
-            byte |= (q[4 * p + e] >> 4) << p | (q[16 + 4 * p + e] >> 4) << (4 + p);
+        for k in 0..8 {
+            byte |= ((q[4 * k + e] >> bit) & 1) << k;
         }
         dst[base + 4 * i + e] = byte;
     }
 }
 
-/// The inverse of [`put_high5`]: ORs the fifth bits of lane `i`'s block into `q`.
-fn get_high5(src: &[u8], base: usize, i: usize, q: &mut [u8]) {
+/// The inverse of [`put_high`]: ORs the high bits of lane `i`'s block into `q`.
+fn get_high(src: &[u8], base: usize, i: usize, q: &mut [u8], bit: u32) {
     for e in 0..4 {
         let byte = src[base + 4 * i + e];
-        for p in 0..4 {
-            q[4 * p + e] |= ((byte >> p) & 1) << 4;
-            q[16 + 4 * p + e] |= ((byte >> (4 + p)) & 1) << 4;
+        for k in 0..8 {
+            q[4 * k + e] |= ((byte >> k) & 1) << bit;
+        }
+    }
+}
+
+/// Writes the low 2 bits of the 32 values `q` of one block into lane `i` of the two crumb
+/// granules at `dst[base..]` (granule `c` at `base + 4 g c`): bits `2m..2m+2` of byte `e` =
+/// element `16c + 4m + e`, so activation granule `4c + m` finds its quants one shift away.
+fn put_crumbs(dst: &mut [u8], base: usize, g: usize, i: usize, q: &[u8]) {
+    for c in 0..2 {
+        for e in 0..4 {
+            let mut byte = 0u8;
+            for m in 0..4 {
+                byte |= (q[16 * c + 4 * m + e] & 3) << (2 * m);
+            }
+            dst[base + c * 4 * g + 4 * i + e] = byte;
+        }
+    }
+}
+
+/// The inverse of [`put_crumbs`]: the low 2 bits of lane `i`'s 32 values into `q`.
+fn get_crumbs(src: &[u8], base: usize, g: usize, i: usize, q: &mut [u8]) {
+    for c in 0..2 {
+        for e in 0..4 {
+            let byte = src[base + c * 4 * g + 4 * i + e];
+            for m in 0..4 {
+                q[16 * c + 4 * m + e] = (byte >> (2 * m)) & 3;
+            }
+        }
+    }
+}
+
+/// The 256 quants of a Q3_K (`q + 4`, 0..8, from `qs` and `hmask`) or Q2_K (0..4) GGUF
+/// super-block, in element order.
+fn unpack_q23k(fmt: WeightFormat, b: &[u8], q: &mut [u8; 256]) {
+    let q3 = fmt == WeightFormat::Q3K;
+    let qs = if q3 { &b[32..96] } else { &b[16..80] };
+    for e in 0..256 {
+        let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
+        let low = (qs[32 * h + l] >> (2 * s)) & 3;
+        q[e] = if q3 {
+            low | ((b[l] >> (4 * h + s)) & 1) << 2
+        } else {
+            low
+        };
+    }
+}
+
+/// The inverse of [`unpack_q23k`]: 256 quants into the GGUF block `b` (its scales untouched).
+fn repack_q23k(fmt: WeightFormat, q: &[u8; 256], b: &mut [u8]) {
+    let q3 = fmt == WeightFormat::Q3K;
+    let qs0 = if q3 {
+        b[0..96].fill(0);
+        32
+    } else {
+        b[16..80].fill(0);
+        16
+    };
+    for e in 0..256 {
+        let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
+        b[qs0 + 32 * h + l] |= (q[e] & 3) << (2 * s);
+        if q3 {
+            b[l] |= ((q[e] >> 2) & 1) << (4 * h + s);
         }
     }
 }
@@ -641,7 +773,7 @@ fn get_high5(src: &[u8], base: usize, i: usize, q: &mut [u8]) {
 pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
     let ts = fmt.ggml_type().type_size();
     let nb = match fmt {
-        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => src.len() / ts * 8,
+        _ if fmt.is_k() => src.len() / ts * 8,
         _ => src.len() / ts,
     };
     let (mut b0, mut off) = (0, 0);
@@ -685,7 +817,7 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                             };
                             let q = unpack_q5(&blk[h0..h0 + 4], &blk[h0 + 4..h0 + 20]);
                             put_nibbles(wg, base, g, i, &q);
-                            put_high5(wg, base + 16 * g, i, &q);
+                            put_high(wg, base + 16 * g, i, &q, 4);
                         }
                     }
                 }
@@ -707,7 +839,7 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                         let qb = &q[32 * j..32 * j + 32];
                         put_nibbles(wg, 16 * s, g, 8 * sb + j, qb);
                         if fmt == WeightFormat::Q5K {
-                            put_high5(wg, 16 * s + 16 * g, 8 * sb + j, qb);
+                            put_high(wg, 16 * s + 16 * g, 8 * sb + j, qb, 4);
                         }
                     }
                 }
@@ -739,6 +871,34 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                     }
                 }
             }
+            WeightFormat::Q3K | WeightFormat::Q2K => {
+                let s = g / 8;
+                let mut q = [0u8; 256];
+                for sb in 0..s {
+                    let blk = &src[(b0 / 8 + sb) * ts..(b0 / 8 + sb + 1) * ts];
+                    unpack_q23k(fmt, blk, &mut q);
+                    let cr = if fmt == WeightFormat::Q3K {
+                        wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[108..110]);
+                        wg[2 * s + 12 * sb..2 * s + 12 * sb + 12].copy_from_slice(&blk[96..108]);
+                        14 * s
+                    } else {
+                        wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[80..82]);
+                        wg[2 * s + 2 * sb..2 * s + 2 * sb + 2].copy_from_slice(&blk[82..84]);
+                        4 * s + 2 * g
+                    };
+                    for j in 0..8 {
+                        let i = 8 * sb + j;
+                        let qb = &q[32 * j..32 * j + 32];
+                        put_crumbs(wg, cr, g, i, qb);
+                        if fmt == WeightFormat::Q3K {
+                            put_high(wg, cr + 8 * g, i, qb, 2);
+                        } else {
+                            wg[4 * s + i] = blk[2 * j];
+                            wg[4 * s + g + i] = blk[2 * j + 1];
+                        }
+                    }
+                }
+            }
         }
         b0 += g;
         off += gb;
@@ -753,9 +913,7 @@ fn tile_record(fmt: WeightFormat) -> (usize, usize) {
         WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
         WeightFormat::Q5_0 => (22 * TILE_ROWS, 32),
         WeightFormat::Q5_1 => (24 * TILE_ROWS, 64),
-        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => {
-            unreachable!("K-quant tiles have super-block records")
-        }
+        _ => unreachable!("K-quant tiles have super-block records"),
     }
 }
 
@@ -799,7 +957,7 @@ fn q4k_tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
             let qb = &q[32 * j..32 * j + 32];
             put_nibbles(d, 256 + sub * j, TILE_ROWS, r, qb);
             if fmt == WeightFormat::Q5K {
-                put_high5(d, 256 + sub * j + 256, r, qb);
+                put_high(d, 256 + sub * j + 256, r, qb, 4);
             }
         }
     }
@@ -820,7 +978,7 @@ fn q4k_tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
             let qb = &mut q[32 * j..32 * j + 32];
             get_nibbles(t, 256 + sub * j, TILE_ROWS, r, qb);
             if fmt == WeightFormat::Q5K {
-                get_high5(t, 256 + sub * j + 256, r, qb);
+                get_high(t, 256 + sub * j + 256, r, qb, 4);
             }
         }
         repack_k(fmt, &q, blk);
@@ -891,6 +1049,89 @@ fn q6k_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
     }
 }
 
+/// Q3_K / Q2_K tile records: (GGUF block bytes, record bytes, header bytes, sub-block bytes,
+/// offset of the scale bytes in the GGUF block and their count).
+fn q23k_tile_sizes(fmt: WeightFormat) -> (usize, usize, usize, usize, usize, usize) {
+    if fmt == WeightFormat::Q3K {
+        (110, Q3K_TILE_SB, Q3K_TILE_HDR, Q3K_TILE_SUB, 96, 12)
+    } else {
+        (84, Q2K_TILE_SB, Q2K_TILE_HDR, Q2K_TILE_SUB, 0, 16)
+    }
+}
+
+/// Q3_K / Q2_K row `src` (GGUF super-blocks) as row `r` of a tile.
+fn q23k_tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let (ts, rec, hdr, sub, sc0, nsc) = q23k_tile_sizes(fmt);
+    let q3 = fmt == WeightFormat::Q3K;
+    let mut q = [0u8; 256];
+    for (s, blk) in src.chunks_exact(ts).enumerate() {
+        let d = &mut dst[s * rec..(s + 1) * rec];
+        let sec = if q3 {
+            d[2 * r..2 * r + 2].copy_from_slice(&blk[108..110]);
+            32
+        } else {
+            d[2 * r..2 * r + 2].copy_from_slice(&blk[80..82]);
+            d[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[82..84]);
+            64
+        };
+        for k in 0..nsc / 4 {
+            d[sec + 64 * k + 4 * r..sec + 64 * k + 4 * r + 4]
+                .copy_from_slice(&blk[sc0 + 4 * k..sc0 + 4 * k + 4]);
+        }
+        unpack_q23k(fmt, blk, &mut q);
+        for j in 0..8 {
+            let qb = &q[32 * j..32 * j + 32];
+            put_crumbs(d, hdr + sub * j, TILE_ROWS, r, qb);
+            if q3 {
+                put_high(d, hdr + sub * j + 128, r, qb, 2);
+            }
+        }
+    }
+}
+
+/// Row `r` of a Q3_K / Q2_K tile back as GGUF super-blocks.
+fn q23k_tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
+    let (ts, rec, hdr, sub, sc0, nsc) = q23k_tile_sizes(fmt);
+    let q3 = fmt == WeightFormat::Q3K;
+    let mut q = [0u8; 256];
+    for (s, blk) in dst.chunks_exact_mut(ts).enumerate() {
+        let t = &src[s * rec..(s + 1) * rec];
+        let sec = if q3 {
+            blk[108..110].copy_from_slice(&t[2 * r..2 * r + 2]);
+            32
+        } else {
+            blk[80..82].copy_from_slice(&t[2 * r..2 * r + 2]);
+            blk[82..84].copy_from_slice(&t[32 + 2 * r..34 + 2 * r]);
+            64
+        };
+        for k in 0..nsc / 4 {
+            blk[sc0 + 4 * k..sc0 + 4 * k + 4]
+                .copy_from_slice(&t[sec + 64 * k + 4 * r..sec + 64 * k + 4 * r + 4]);
+        }
+        for j in 0..8 {
+            let qb = &mut q[32 * j..32 * j + 32];
+            get_crumbs(t, hdr + sub * j, TILE_ROWS, r, qb);
+            if q3 {
+                get_high(t, hdr + sub * j + 128, r, qb, 2);
+            }
+        }
+        repack_q23k(fmt, &q, blk);
+    }
+}
+
+/// Bytes of one super-block record of a Q3_K tile.
+pub(crate) const Q3K_TILE_SB: usize = 110 * TILE_ROWS;
+/// Bytes of a Q3_K tile record's header: `d` (32) and three scale sections of 64.
+pub(crate) const Q3K_TILE_HDR: usize = 224;
+/// Bytes of one sub-block of a Q3_K tile record: 2 crumb granules and the high-bit granule.
+pub(crate) const Q3K_TILE_SUB: usize = 192;
+/// Bytes of one super-block record of a Q2_K tile.
+pub(crate) const Q2K_TILE_SB: usize = 84 * TILE_ROWS;
+/// Bytes of a Q2_K tile record's header: `d`, `dmin` (32 each) and four scale sections of 64.
+pub(crate) const Q2K_TILE_HDR: usize = 320;
+/// Bytes of one sub-block of a Q2_K tile record: 2 crumb granules.
+pub(crate) const Q2K_TILE_SUB: usize = 128;
+
 /// Bytes of one super-block record of a Q4_K tile.
 pub(crate) const Q4K_TILE_SB: usize = 144 * TILE_ROWS;
 /// Bytes of one super-block record of a Q5_K tile.
@@ -910,6 +1151,7 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
     match fmt {
         WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_put_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_put_row(src, dst, r),
+        WeightFormat::Q3K | WeightFormat::Q2K => return q23k_tile_put_row(fmt, src, dst, r),
         _ => {}
     }
     let ts = fmt.ggml_type().type_size();
@@ -940,7 +1182,7 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                 };
                 let q = unpack_q5(&blk[h0..h0 + 4], &blk[h0 + 4..h0 + 20]);
                 put_nibbles(d, q0, TILE_ROWS, r, &q);
-                put_high5(d, q0 + 256, r, &q);
+                put_high(d, q0 + 256, r, &q, 4);
             }
             _ => {
                 d[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&blk[2..4]);
@@ -958,6 +1200,7 @@ fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
     match fmt {
         WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_get_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_get_row(src, dst, r),
+        WeightFormat::Q3K | WeightFormat::Q2K => return q23k_tile_get_row(fmt, src, dst, r),
         _ => {}
     }
     let ts = fmt.ggml_type().type_size();
@@ -988,7 +1231,7 @@ fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                 };
                 let mut q = [0u8; 32];
                 get_nibbles(s, q0, TILE_ROWS, r, &mut q);
-                get_high5(s, q0 + 256, r, &mut q);
+                get_high(s, q0 + 256, r, &mut q, 4);
                 repack_q5(&q, &mut blk[h0..h0 + 20]);
             }
             _ => {

@@ -1,7 +1,7 @@
 //! The portable kernel: the definition of the canonical order (see the module docs of
 //! `kernels`) that every SIMD path reproduces bit for bit.
 
-use super::pack::{lane_ints, lane_params, lane_q6_scales};
+use super::pack::{lane_ints, lane_params, lane_sub_scales};
 use super::{ActRow, QuantizedActs, WeightFormat, GROUP, QK, TILE};
 
 /// `res[t] = dot(wrow, x[t0 + t])` for `t < nt`.
@@ -34,8 +34,30 @@ pub(crate) fn reduce16(acc: &[f32; GROUP]) -> f32 {
     h2[0] + h2[1]
 }
 
-/// Float update of one block (lane `i` of group `wg`), given its exact integer parts.
-/// `isum` for Q6_K is already scaled by the 16-element integer scales.
+/// The exact integer that multiplies a block's min term: the activation block sum for
+/// Q4_1 / Q5_1 / Q4_K / Q5_K, `m_lo * xsum_lo + m_hi * xsum_hi` for Q2_K (its 16-element
+/// mins), 0 for the rest.
+#[inline(always)]
+pub(crate) fn block_msum(
+    fmt: WeightFormat,
+    wg: &[u8],
+    g: usize,
+    i: usize,
+    a: &ActRow,
+    b: usize,
+) -> i32 {
+    match fmt {
+        WeightFormat::Q2K => {
+            let sc = lane_sub_scales(fmt, wg, g, i);
+            sc[2] * a.sum_lo[b] + sc[3] * a.sum_hi[b]
+        }
+        _ => a.sum[b],
+    }
+}
+
+/// Float update of one block (lane `i` of group `wg`), given its exact integer parts
+/// (`msum` from [`block_msum`]). `isum` for Q6_K / Q3_K / Q2_K is already scaled by the
+/// 16-element integer scales.
 #[inline(always)]
 pub(crate) fn block_value(
     fmt: WeightFormat,
@@ -43,22 +65,27 @@ pub(crate) fn block_value(
     g: usize,
     i: usize,
     isum: i32,
-    xsum: i32,
+    msum: i32,
     dx: f32,
 ) -> f32 {
     let (s, m) = lane_params(fmt, wg, g, i);
     let isum = isum as f32;
     match fmt {
-        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::Q6K => {
-            (s * dx) * isum
+        WeightFormat::Q8_0
+        | WeightFormat::Q4_0
+        | WeightFormat::Q5_0
+        | WeightFormat::Q6K
+        | WeightFormat::Q3K => (s * dx) * isum,
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => ((s * dx) * isum) + ((m * dx) * (msum as f32)),
+        WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q2K => {
+            ((s * dx) * isum) - ((m * dx) * (msum as f32))
         }
-        WeightFormat::Q4_1 | WeightFormat::Q5_1 => ((s * dx) * isum) + ((m * dx) * (xsum as f32)),
-        WeightFormat::Q4K | WeightFormat::Q5K => ((s * dx) * isum) - ((m * dx) * (xsum as f32)),
     }
 }
 
 /// Exact integer dot of lane `i` of a weight group with the matching activation block
-/// (`xg` = the group's interleaved activation quants). Q6_K: `sc_lo * lo + sc_hi * hi`.
+/// (`xg` = the group's interleaved activation quants). Q6_K, Q3_K, Q2_K:
+/// `sc_lo * lo + sc_hi * hi` over the block's 16-element halves.
 #[inline(always)]
 pub(crate) fn block_isum(
     fmt: WeightFormat,
@@ -70,11 +97,14 @@ pub(crate) fn block_isum(
 ) -> i32 {
     lane_ints(fmt, wg, g, i, wq);
     let xk = |k: usize| i32::from(xg[(k / 4) * 4 * g + 4 * i + k % 4]);
-    if fmt == WeightFormat::Q6K {
+    if matches!(
+        fmt,
+        WeightFormat::Q6K | WeightFormat::Q3K | WeightFormat::Q2K
+    ) {
         let lo: i32 = (0..16).map(|k| wq[k] * xk(k)).sum();
         let hi: i32 = (16..32).map(|k| wq[k] * xk(k)).sum();
-        let (sl, sh) = lane_q6_scales(wg, g, i);
-        sl * lo + sh * hi
+        let sc = lane_sub_scales(fmt, wg, g, i);
+        sc[0] * lo + sc[1] * hi
     } else {
         (0..QK).map(|k| wq[k] * xk(k)).sum()
     }
@@ -94,7 +124,8 @@ pub(crate) fn row_dot(fmt: WeightFormat, wrow: &[u8], n_in: usize, a: ActRow<'_>
         for (i, acc) in acc.iter_mut().enumerate().take(g) {
             let b = b0 + i;
             let isum = block_isum(fmt, wg, xg, g, i, &mut wq);
-            let v = block_value(fmt, wg, g, i, isum, a.sum[b], a.d[b]);
+            let msum = block_msum(fmt, wg, g, i, &a, b);
+            let v = block_value(fmt, wg, g, i, isum, msum, a.d[b]);
             *acc += v;
         }
         b0 += g;

@@ -74,6 +74,11 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[2..4].copy_from_slice(&f16b(scale / 8.0));
             }
             GgmlType::Q6K => b[208..210].copy_from_slice(&f16b(scale / 64.0)),
+            GgmlType::Q3K => b[108..110].copy_from_slice(&f16b(scale / 64.0)),
+            GgmlType::Q2K => {
+                b[80..82].copy_from_slice(&f16b(scale / 16.0));
+                b[82..84].copy_from_slice(&f16b(scale / 16.0));
+            }
             _ => unreachable!(),
         }
         out.extend_from_slice(&b);
@@ -171,6 +176,47 @@ fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     out[bi * 256 + e] = (d * scale) * q as f32;
                 }
             }
+            GgmlType::Q3K => {
+                // hmask[32], qs[64], scales[12] (ggml's kmask unpacking), d.
+                let d = f16(b, 108);
+                let w = |i: usize| {
+                    u32::from_le_bytes([b[96 + 4 * i], b[97 + 4 * i], b[98 + 4 * i], b[99 + 4 * i]])
+                };
+                let (a0, a1, tmp) = (w(0), w(1), w(2));
+                let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+                let aux = [
+                    (a0 & k2) | ((tmp & k1) << 4),
+                    (a1 & k2) | (((tmp >> 2) & k1) << 4),
+                    ((a0 >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+                    ((a1 >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+                ];
+                let scales: Vec<i8> = aux
+                    .iter()
+                    .flat_map(|a| a.to_le_bytes())
+                    .map(|v| v as i8 - 32)
+                    .collect();
+                for e in 0..256 {
+                    let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                    let low = i32::from((b[32 + 32 * h + l] >> (2 * s)) & 3);
+                    let q = if (b[l] >> (4 * h + s)) & 1 != 0 {
+                        low
+                    } else {
+                        low - 4
+                    };
+                    out[bi * 256 + e] = (d * f32::from(scales[e / 16])) * q as f32;
+                }
+            }
+            GgmlType::Q2K => {
+                // scales[16] (scale | min << 4), qs[64], d, dmin.
+                let (d, dmin) = (f16(b, 80), f16(b, 82));
+                for e in 0..256 {
+                    let (h, s, l) = (e / 128, (e % 128) / 32, e % 32);
+                    let q = (b[16 + 32 * h + l] >> (2 * s)) & 3;
+                    let sc = b[e / 16];
+                    out[bi * 256 + e] =
+                        (d * f32::from(sc & 15)) * f32::from(q) - dmin * f32::from(sc >> 4);
+                }
+            }
             _ => unreachable!(),
         }
     }
@@ -196,7 +242,7 @@ fn gen_acts(n_rows: usize, n_in: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn native_types() -> [GgmlType; 8] {
+fn native_types() -> [GgmlType; 10] {
     [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
@@ -206,6 +252,8 @@ fn native_types() -> [GgmlType; 8] {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Q3K,
+        GgmlType::Q2K,
     ]
 }
 
@@ -570,6 +618,8 @@ fn extreme_quants_match_scalar_on_every_path() {
             GgmlType::Q4K => (16..144, 0xff),
             GgmlType::Q5K => (16..176, 0xff),
             GgmlType::Q6K => (0..192, 0x00), // q - 32 = -32
+            GgmlType::Q3K => (0..96, 0xff),  // hmask and qs: q + 4 = 7
+            GgmlType::Q2K => (16..80, 0xff), // q = 3
             _ => unreachable!(),
         };
         for blk in data.chunks_exact_mut(ts) {

@@ -9,7 +9,10 @@
 //!   (AVX2): `|w|` times `sign(x, w)` (the `vpmaddubsw` pair sum of `w + 128` could saturate);
 //! - Q4_0: `q` in 0..16, `isum = dp - 8 * xsum`;
 //! - Q4_1, Q4_K: `q` in 0..16, `isum = dp` (the min term uses `xsum` in f32);
-//! - Q6_K: `q` in 0..64, per 16-element half `dp - 32 * xsum_half`, then the i8 scales.
+//! - Q6_K: `q` in 0..64, per 16-element half `dp - 32 * xsum_half`, then the i8 scales;
+//! - Q3_K: `q + 4` in 0..8, per half `dp - 4 * xsum_half`, then the 6-bit scales (`sc - 32`);
+//! - Q2_K: `q` in 0..4, per half `dp`, then the 4-bit scales; the min term is the exact
+//!   `m_lo * xsum_lo + m_hi * xsum_hi`.
 
 #![allow(clippy::needless_range_loop)] // lanes and rows index several arrays at once
 
@@ -17,8 +20,8 @@ use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pack::{
-    f16_at, k4_scales_mins, k4_unpack, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB,
-    Q6K_TILE_SUB,
+    f16_at, k4_scales_mins, k4_unpack, Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB, Q3K_TILE_HDR,
+    Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB,
 };
 use super::{QuantizedActs, WeightFormat, GROUP, QK};
 
@@ -100,6 +103,8 @@ pub(super) unsafe fn rows_avx512(
         WeightFormat::Q4K => dispatch_nt!(k4_512; false, w, nb, x, t0, nt, o),
         WeightFormat::Q5K => dispatch_nt!(k4_512; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_512, w, nb, x, t0, nt, o),
+        WeightFormat::Q3K => dispatch_nt!(q23k_512; true, w, nb, x, t0, nt, o),
+        WeightFormat::Q2K => dispatch_nt!(q23k_512; false, w, nb, x, t0, nt, o),
     }
 }
 
@@ -126,6 +131,8 @@ pub(super) unsafe fn rows_avx2(
         WeightFormat::Q4K => dispatch_nt!(k4_256; false, w, nb, x, t0, nt, o),
         WeightFormat::Q5K => dispatch_nt!(k4_256; true, w, nb, x, t0, nt, o),
         WeightFormat::Q6K => dispatch_nt!(q6k_256, w, nb, x, t0, nt, o),
+        WeightFormat::Q3K => dispatch_nt!(q23k_256; true, w, nb, x, t0, nt, o),
+        WeightFormat::Q2K => dispatch_nt!(q23k_256; false, w, nb, x, t0, nt, o),
     }
 }
 
@@ -694,6 +701,150 @@ unsafe fn q6k_512<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
     }
 }
 
+/// Bits `2m..2m+2` of each byte of `c` at bits 0..2: the quants of activation granule
+/// `4c + m` in crumb granule `c` (Q3_K, Q2_K).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn crumb512(c: __m512i, m: usize) -> __m512i {
+    let v = match m {
+        0 => c,
+        1 => _mm512_srli_epi16::<2>(c),
+        2 => _mm512_srli_epi16::<4>(c),
+        _ => _mm512_srli_epi16::<6>(c),
+    };
+    _mm512_and_si512(v, _mm512_set1_epi8(3))
+}
+
+/// Bit `k` of each byte of Q3_K's high-bit granule `h`, moved to bit 2.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q3_high512(h: __m512i, k: usize) -> __m512i {
+    let v = match k {
+        0 => _mm512_slli_epi16::<2>(h),
+        1 => _mm512_slli_epi16::<1>(h),
+        2 => h,
+        3 => _mm512_srli_epi16::<1>(h),
+        4 => _mm512_srli_epi16::<2>(h),
+        5 => _mm512_srli_epi16::<3>(h),
+        6 => _mm512_srli_epi16::<4>(h),
+        _ => _mm512_srli_epi16::<5>(h),
+    };
+    _mm512_and_si512(v, _mm512_set1_epi8(4))
+}
+
+/// The unsigned quants of a block's 8 granules (granule `k` pairs with activation granule
+/// `k`): Q3_K (`Q3`) `q + 4` in 0..8 from the two crumb granules `c` and the high-bit granule
+/// `h`; Q2_K 0..4 from the crumbs alone.
+#[inline(always)]
+unsafe fn q23_quants512<const Q3: bool>(c: [__m512i; 2], h: __m512i) -> [__m512i; 8] {
+    let mut q = [_mm512_setzero_si512(); 8];
+    for k in 0..8 {
+        q[k] = crumb512(c[k / 4], k % 4);
+        if Q3 {
+            q[k] = _mm512_or_si512(q[k], q3_high512(h, k));
+        }
+    }
+    q
+}
+
+/// Per-lane Q3_K scales (`sc - 32`: elements 0..16, 16..32 of each block) of a group of `s`
+/// super-blocks whose packed scale bytes (12 each) start at `p`.
+#[inline(always)]
+unsafe fn q3k_lane_scales(p: *const u8, s: usize) -> ([i32; GROUP], [i32; GROUP]) {
+    let (mut lo, mut hi) = ([0i32; GROUP], [0i32; GROUP]);
+    for sb in 0..s {
+        let sc = crate::quant::q3_k::unpack_scales(std::slice::from_raw_parts(p.add(12 * sb), 12));
+        for j in 0..8 {
+            lo[8 * sb + j] = i32::from(sc[2 * j]);
+            hi[8 * sb + j] = i32::from(sc[2 * j + 1]);
+        }
+    }
+    (lo, hi)
+}
+
+/// Q3_K (`Q3`, 110 bytes per super-block) or Q2_K (84) rows: per block
+/// `(d dx) (sc_lo dp_lo + sc_hi dp_hi)`, Q3_K with `dp - 4 xsum` per half, Q2_K minus
+/// `(dmin dx) (m_lo xsum_lo + m_hi xsum_hi)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q23k_512<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let sb_bytes = if Q3 { 110 } else { 84 };
+    let m0f = _mm512_set1_epi32(0x0f);
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = prefetch_ahead();
+        let mut acc = [_mm512_setzero_ps(); NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, sb_bytes * (g / 8));
+            let s = g / 8;
+            let m = mask16(g);
+            let dv = f16_per_superblock(wp, s);
+            let (sc_lo, sc_hi, mn_lo, mn_hi, dm, cr);
+            if Q3 {
+                let (lo, hi) = q3k_lane_scales(wp.add(2 * s), s);
+                sc_lo = _mm512_loadu_si512(lo.as_ptr() as *const _);
+                sc_hi = _mm512_loadu_si512(hi.as_ptr() as *const _);
+                (mn_lo, mn_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                dm = _mm512_setzero_ps();
+                cr = wp.add(14 * s);
+            } else {
+                let lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, wp.add(4 * s) as *const i8));
+                let hi =
+                    _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, wp.add(4 * s + g) as *const i8));
+                sc_lo = _mm512_and_si512(lo, m0f);
+                sc_hi = _mm512_and_si512(hi, m0f);
+                mn_lo = _mm512_srli_epi32::<4>(lo);
+                mn_hi = _mm512_srli_epi32::<4>(hi);
+                dm = f16_per_superblock(wp.add(2 * s), s);
+                cr = wp.add(4 * s + 2 * g);
+            }
+            let c = [
+                _mm512_maskz_loadu_epi32(m, cr as *const i32),
+                _mm512_maskz_loadu_epi32(m, cr.add(4 * g) as *const i32),
+            ];
+            let h = if Q3 {
+                _mm512_maskz_loadu_epi32(m, cr.add(8 * g) as *const i32)
+            } else {
+                _mm512_setzero_si512()
+            };
+            let q = q23_quants512::<Q3>(c, h);
+            for t in 0..NT {
+                let mut lo = _mm512_setzero_si512();
+                let mut hi = _mm512_setzero_si512();
+                for k in 0..4 {
+                    lo = _mm512_dpbusd_epi32(lo, q[k], xgran(x.q[t], b0, g, k, m));
+                    hi = _mm512_dpbusd_epi32(hi, q[k + 4], xgran(x.q[t], b0, g, k + 4, m));
+                }
+                let xlo = _mm512_maskz_loadu_epi32(m, x.lo[t].add(b0));
+                let xhi = _mm512_maskz_loadu_epi32(m, x.hi[t].add(b0));
+                if Q3 {
+                    lo = _mm512_sub_epi32(lo, _mm512_slli_epi32::<2>(xlo));
+                    hi = _mm512_sub_epi32(hi, _mm512_slli_epi32::<2>(xhi));
+                }
+                let is =
+                    _mm512_add_epi32(_mm512_mullo_epi32(sc_lo, lo), _mm512_mullo_epi32(sc_hi, hi));
+                let dx = _mm512_maskz_loadu_ps(m, x.d[t].add(b0));
+                let mut v = _mm512_mul_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(is));
+                if !Q3 {
+                    let ms = _mm512_add_epi32(
+                        _mm512_mullo_epi32(mn_lo, xlo),
+                        _mm512_mullo_epi32(mn_hi, xhi),
+                    );
+                    v = _mm512_sub_ps(
+                        v,
+                        _mm512_mul_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(ms)),
+                    );
+                }
+                acc[t] = _mm512_add_ps(acc[t], v);
+            }
+            wp = wp.add(sb_bytes * s);
+            b0 += g;
+        }
+        finish512!(acc, o, r, NT);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // AVX-512, row tiles (`Layout::Tiles16`): lane `r` of every vector is output row `r` of the
 // tile. The canonical lane accumulators `acc[b % 16]` of each row become 16 registers, and
@@ -1148,6 +1299,152 @@ unsafe fn q6k_tile512<const NT: usize, const MT: usize>(
     }
 }
 
+/// The 16 Q3_K scales of every row of a tile super-block (its three 64-byte scale sections
+/// at `p`, ggml's 12-byte packing per row), biased (0..64): vector `v`, byte `e` of lane `r`
+/// = scale `4v + e` of row `r` (the vector form of `q3_k::unpack_scales` before `- 32`).
+#[inline(always)]
+unsafe fn q3k_tile_scales512(p: *const u8) -> [__m512i; 4] {
+    let u0 = _mm512_loadu_si512(p as *const _);
+    let u1 = _mm512_loadu_si512(p.add(64) as *const _);
+    let u2 = _mm512_loadu_si512(p.add(128) as *const _);
+    let m0f = _mm512_set1_epi8(0x0f);
+    let m30 = _mm512_set1_epi8(0x30);
+    [
+        _mm512_or_si512(
+            _mm512_and_si512(u0, m0f),
+            _mm512_and_si512(_mm512_slli_epi32::<4>(u2), m30),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(u1, m0f),
+            _mm512_and_si512(_mm512_slli_epi32::<2>(u2), m30),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(u0), m0f),
+            _mm512_and_si512(u2, m30),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi32::<4>(u1), m0f),
+            _mm512_and_si512(_mm512_srli_epi32::<2>(u2), m30),
+        ),
+    ]
+}
+
+/// Q3_K (`Q3`) or Q2_K tiles in block lockstep against `NT` activation rows: the update of
+/// [`q23k_512`], lane = row. The scales of a super-block are unpacked once, then each
+/// sub-block takes its two 16-element scales (and Q2_K mins) from one 32-bit lane field.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")]
+unsafe fn q23k_tile512<const NT: usize, const MT: usize, const Q3: bool>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let (rec, hdr, sub) = if Q3 {
+        (Q3K_TILE_SB, Q3K_TILE_HDR, Q3K_TILE_SUB)
+    } else {
+        (Q2K_TILE_SB, Q2K_TILE_HDR, Q2K_TILE_SUB)
+    };
+    let pf = prefetch_ahead_tiles(NT, true);
+    let (m3f, m0f, c32) = (
+        _mm512_set1_epi32(0x3f),
+        _mm512_set1_epi32(0x0f),
+        _mm512_set1_epi32(32),
+    );
+    let mut d = [_mm512_setzero_ps(); MT];
+    let mut dmin = [_mm512_setzero_ps(); MT];
+    let mut scv = [[_mm512_setzero_si512(); 4]; MT];
+    let mut acc = [[[_mm512_setzero_ps(); GROUP]; NT]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            let jj = j % 8;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * rec);
+                if jj == 0 {
+                    prefetch(sb, pf, hdr);
+                    d[m] = _mm512_cvtph_ps(_mm256_loadu_si256(sb as *const __m256i));
+                    if Q3 {
+                        scv[m] = q3k_tile_scales512(sb.add(32));
+                    } else {
+                        dmin[m] = _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(32) as *const __m256i));
+                        for k in 0..4 {
+                            scv[m][k] = _mm512_loadu_si512(sb.add(64 + 64 * k) as *const _);
+                        }
+                    }
+                }
+                let sp = sb.add(hdr + sub * jj);
+                prefetch(sp, pf, sub);
+                let sv = if jj % 2 == 0 {
+                    scv[m][jj / 2]
+                } else {
+                    _mm512_srli_epi32::<16>(scv[m][jj / 2])
+                };
+                let (sc_lo, sc_hi, mn_lo, mn_hi);
+                if Q3 {
+                    sc_lo = _mm512_sub_epi32(_mm512_and_si512(sv, m3f), c32);
+                    sc_hi =
+                        _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<8>(sv), m3f), c32);
+                    (mn_lo, mn_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                } else {
+                    sc_lo = _mm512_and_si512(sv, m0f);
+                    mn_lo = _mm512_and_si512(_mm512_srli_epi32::<4>(sv), m0f);
+                    sc_hi = _mm512_and_si512(_mm512_srli_epi32::<8>(sv), m0f);
+                    mn_hi = _mm512_and_si512(_mm512_srli_epi32::<12>(sv), m0f);
+                }
+                let c = [
+                    _mm512_loadu_si512(sp as *const _),
+                    _mm512_loadu_si512(sp.add(64) as *const _),
+                ];
+                let h = if Q3 {
+                    _mm512_loadu_si512(sp.add(128) as *const _)
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let q = q23_quants512::<Q3>(c, h);
+                for t in 0..NT {
+                    let mut lo = _mm512_setzero_si512();
+                    let mut hi = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        lo = _mm512_dpbusd_epi32(lo, q[k], xbcast(x.q[t], nb, b, k));
+                        hi = _mm512_dpbusd_epi32(hi, q[k + 4], xbcast(x.q[t], nb, b, k + 4));
+                    }
+                    let (xl, xh) = (*x.lo[t].add(b), *x.hi[t].add(b));
+                    if Q3 {
+                        lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(xl << 2));
+                        hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(xh << 2));
+                    }
+                    let is = _mm512_add_epi32(
+                        _mm512_mullo_epi32(sc_lo, lo),
+                        _mm512_mullo_epi32(sc_hi, hi),
+                    );
+                    let dx = _mm512_set1_ps(*x.d[t].add(b));
+                    let mut v = _mm512_mul_ps(_mm512_mul_ps(d[m], dx), _mm512_cvtepi32_ps(is));
+                    if !Q3 {
+                        let ms = _mm512_add_epi32(
+                            _mm512_mullo_epi32(mn_lo, _mm512_set1_epi32(xl)),
+                            _mm512_mullo_epi32(mn_hi, _mm512_set1_epi32(xh)),
+                        );
+                        v = _mm512_sub_ps(
+                            v,
+                            _mm512_mul_ps(_mm512_mul_ps(dmin[m], dx), _mm512_cvtepi32_ps(ms)),
+                        );
+                    }
+                    acc[m][t][j] = _mm512_add_ps(acc[m][t][j], v);
+                }
+            }
+        });
+        b0 += g;
+    }
+    for m in 0..MT {
+        for t in 0..NT {
+            _mm512_storeu_ps(out[m].add(t * stride), tree_tile(&acc[m][t]));
+        }
+    }
+}
+
 /// AVX-512 VNNI over `MT` tiles (`MT = 1`: one) read in block lockstep, for
 /// activation rows `t0..t0+nt`; writes `out[m][t * stride + r]` for `r < 16`.
 ///
@@ -1180,6 +1477,8 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
         WeightFormat::Q4K => go!(k4_tile512; false),
         WeightFormat::Q5K => go!(k4_tile512; true),
         WeightFormat::Q6K => go!(q6k_tile512),
+        WeightFormat::Q3K => go!(q23k_tile512; true),
+        WeightFormat::Q2K => go!(q23k_tile512; false),
     }
 }
 
@@ -1555,6 +1854,145 @@ unsafe fn q6k_256<const NT: usize>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out)
                 }
             });
             wp = wp.add(210 * s);
+            b0 += g;
+        }
+        finish256!(acc, o, r, NT);
+    }
+}
+
+/// Bits `2m..2m+2` of each byte of `c` at bits 0..2 (as [`crumb512`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn crumb256(c: __m256i, m: usize) -> __m256i {
+    let v = match m {
+        0 => c,
+        1 => _mm256_srli_epi16::<2>(c),
+        2 => _mm256_srli_epi16::<4>(c),
+        _ => _mm256_srli_epi16::<6>(c),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(3))
+}
+
+/// Bit `k` of each byte of `h` at bit 2 (as [`q3_high512`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q3_high256(h: __m256i, k: usize) -> __m256i {
+    let v = match k {
+        0 => _mm256_slli_epi16::<2>(h),
+        1 => _mm256_slli_epi16::<1>(h),
+        2 => h,
+        3 => _mm256_srli_epi16::<1>(h),
+        4 => _mm256_srli_epi16::<2>(h),
+        5 => _mm256_srli_epi16::<3>(h),
+        6 => _mm256_srli_epi16::<4>(h),
+        _ => _mm256_srli_epi16::<5>(h),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(4))
+}
+
+/// [`q23_quants512`] on 8 lanes.
+#[inline(always)]
+unsafe fn q23_quants256<const Q3: bool>(c: [__m256i; 2], h: __m256i) -> [__m256i; 8] {
+    let mut q = [_mm256_setzero_si256(); 8];
+    for k in 0..8 {
+        q[k] = crumb256(c[k / 4], k % 4);
+        if Q3 {
+            q[k] = _mm256_or_si256(q[k], q3_high256(h, k));
+        }
+    }
+    q
+}
+
+/// `vpmaddubsw` of the 4 granules `k0..k0+4` of a half, added in i16 (exact for Q3_K and
+/// Q2_K quants: at most 4 * 2 * 7 * 127 = 7112), then widened: `dp` of one 16-element half.
+#[inline(always)]
+unsafe fn dot4_256(q: &[__m256i; 8], xq: &[__m256i; 8], k0: usize) -> __m256i {
+    let mut p = _mm256_maddubs_epi16(q[k0], xq[k0]);
+    for k in k0 + 1..k0 + 4 {
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(q[k], xq[k]));
+    }
+    madd1(p)
+}
+
+/// Q3_K (`Q3`) or Q2_K rows, as [`q23k_512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q23k_256<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: &Xp<NT>, o: &Out) {
+    let sb_bytes = if Q3 { 110 } else { 84 };
+    let m0f = _mm256_set1_epi32(0x0f);
+    for r in 0..o.rows {
+        let w = w.add(r * o.row_bytes);
+        let pf = prefetch_ahead();
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        let (mut b0, mut wp) = (0, w);
+        while b0 < nb {
+            let g = (nb - b0).min(GROUP);
+            prefetch(wp, pf, sb_bytes * (g / 8));
+            let s = g / 8;
+            let hdr = std::slice::from_raw_parts(wp, 4 * s);
+            // Each half is one whole super-block (n is always 8).
+            halves!(g, |h, n, mk| {
+                let dv = _mm256_set1_ps(f16_at(hdr, 2 * h));
+                let (sc_lo, sc_hi, mn_lo, mn_hi, dm, cr);
+                if Q3 {
+                    let (lo, hi) = q3k_lane_scales(wp.add(2 * s + 12 * h), 1);
+                    sc_lo = _mm256_loadu_si256(lo.as_ptr() as *const __m256i);
+                    sc_hi = _mm256_loadu_si256(hi.as_ptr() as *const __m256i);
+                    (mn_lo, mn_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    dm = _mm256_setzero_ps();
+                    cr = wp.add(14 * s + 32 * h);
+                } else {
+                    let lo =
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(wp.add(4 * s + 8 * h) as *const _));
+                    let hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        wp.add(4 * s + g + 8 * h) as *const _
+                    ));
+                    sc_lo = _mm256_and_si256(lo, m0f);
+                    sc_hi = _mm256_and_si256(hi, m0f);
+                    mn_lo = _mm256_srli_epi32::<4>(lo);
+                    mn_hi = _mm256_srli_epi32::<4>(hi);
+                    dm = _mm256_set1_ps(f16_at(hdr, 2 * s + 2 * h));
+                    cr = wp.add(4 * s + 2 * g + 32 * h);
+                }
+                let c = [ld8(cr, n, mk), ld8(cr.add(4 * g), n, mk)];
+                let hb = if Q3 {
+                    ld8(cr.add(8 * g), n, mk)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let q = q23_quants256::<Q3>(c, hb);
+                for t in 0..NT {
+                    let mut xq = [_mm256_setzero_si256(); 8];
+                    for k in 0..8 {
+                        xq[k] = xg8(x.q[t], b0, g, k, h, n, mk);
+                    }
+                    let mut lo = dot4_256(&q, &xq, 0);
+                    let mut hi = dot4_256(&q, &xq, 4);
+                    let xlo = ld8(x.lo[t].add(b0 + 8 * h) as *const u8, n, mk);
+                    let xhi = ld8(x.hi[t].add(b0 + 8 * h) as *const u8, n, mk);
+                    if Q3 {
+                        lo = _mm256_sub_epi32(lo, _mm256_slli_epi32::<2>(xlo));
+                        hi = _mm256_sub_epi32(hi, _mm256_slli_epi32::<2>(xhi));
+                    }
+                    let is = _mm256_add_epi32(
+                        _mm256_mullo_epi32(sc_lo, lo),
+                        _mm256_mullo_epi32(sc_hi, hi),
+                    );
+                    let dx = ld8ps(x.d[t].add(b0 + 8 * h), n, mk);
+                    let mut v = _mm256_mul_ps(_mm256_mul_ps(dv, dx), _mm256_cvtepi32_ps(is));
+                    if !Q3 {
+                        let ms = _mm256_add_epi32(
+                            _mm256_mullo_epi32(mn_lo, xlo),
+                            _mm256_mullo_epi32(mn_hi, xhi),
+                        );
+                        v = _mm256_sub_ps(
+                            v,
+                            _mm256_mul_ps(_mm256_mul_ps(dm, dx), _mm256_cvtepi32_ps(ms)),
+                        );
+                    }
+                    acc[t][h] = _mm256_add_ps(acc[t][h], v);
+                }
+            });
+            wp = wp.add(sb_bytes * s);
             b0 += g;
         }
         finish256!(acc, o, r, NT);

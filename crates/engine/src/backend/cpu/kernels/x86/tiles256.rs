@@ -17,13 +17,20 @@
 //! - Q4_0 / Q4_1 / Q4_K nibbles (0..16): 8 products pairs add up in i16 exactly (at most
 //!   8 * 2 * 15 * 127 = 30480); Q5_K 5-bit quants (0..32): 4 pairs (at most
 //!   4 * 2 * 31 * 127 = 31496);
-//! - Q6_K 6-bit quants (0..64): two pairs add up exactly (at most 2 * 2 * 63 * 127 = 32004).
+//! - Q6_K 6-bit quants (0..64): two pairs add up exactly (at most 2 * 2 * 63 * 127 = 32004);
+//! - Q3_K (0..8) and Q2_K (0..4) quants: all four pairs of a 16-element half (at most
+//!   4 * 2 * 7 * 127 = 7112).
 
 use std::arch::x86_64::*;
 
-use super::super::pack::{Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB};
+use super::super::pack::{
+    Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB, Q3K_TILE_HDR, Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB,
+    Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB,
+};
 use super::super::{QuantizedActs, WeightFormat, GROUP, QK};
-use super::{prefetch, prefetch_ahead_tiles, q5_high256, q6_high256, xp, Xp};
+use super::{
+    dot4_256, prefetch, prefetch_ahead_tiles, q23_quants256, q5_high256, q6_high256, xp, Xp,
+};
 
 /// The 8 activation granules (4 bytes each) of block `b` of one row, each broadcast to 8 lanes.
 #[inline(always)]
@@ -522,6 +529,166 @@ unsafe fn q6k_tile256<const NT: usize, const MT: usize>(
     store(&acc, out, stride);
 }
 
+/// [`super::q3k_tile_scales512`] on half `h` of a tile (its scale sections start at `p`).
+#[inline(always)]
+unsafe fn q3k_half_scales(p: *const u8, h: usize) -> [__m256i; 4] {
+    let u0 = ld(p.add(32 * h));
+    let u1 = ld(p.add(64 + 32 * h));
+    let u2 = ld(p.add(128 + 32 * h));
+    let m0f = _mm256_set1_epi8(0x0f);
+    let m30 = _mm256_set1_epi8(0x30);
+    [
+        _mm256_or_si256(
+            _mm256_and_si256(u0, m0f),
+            _mm256_and_si256(_mm256_slli_epi32::<4>(u2), m30),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(u1, m0f),
+            _mm256_and_si256(_mm256_slli_epi32::<2>(u2), m30),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(u0), m0f),
+            _mm256_and_si256(u2, m30),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi32::<4>(u1), m0f),
+            _mm256_and_si256(_mm256_srli_epi32::<2>(u2), m30),
+        ),
+    ]
+}
+
+/// Half of a Q3_K / Q2_K sub-block: the 16-element scales, Q2_K's mins and the quants of the
+/// 8 granules.
+#[derive(Clone, Copy)]
+struct Q23Half {
+    sc_lo: __m256i,
+    sc_hi: __m256i,
+    mn_lo: __m256i,
+    mn_hi: __m256i,
+    q: [__m256i; 8],
+}
+
+/// Q3_K (`Q3`) or Q2_K tiles against `NT` activation rows: the update of the rows kernel
+/// `q23k_256`, lane = row.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q23k_tile256<const NT: usize, const MT: usize, const Q3: bool>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let (rec, hdr, sub) = if Q3 {
+        (Q3K_TILE_SB, Q3K_TILE_HDR, Q3K_TILE_SUB)
+    } else {
+        (Q2K_TILE_SB, Q2K_TILE_HDR, Q2K_TILE_SUB)
+    };
+    let pf = prefetch_ahead_tiles(NT, true);
+    let (m3f, m0f, c32) = (
+        _mm256_set1_epi32(0x3f),
+        _mm256_set1_epi32(0x0f),
+        _mm256_set1_epi32(32),
+    );
+    let zero = _mm256_setzero_si256();
+    let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
+    let mut d = [[_mm256_setzero_ps(); 2]; MT];
+    let mut dmin = [[_mm256_setzero_ps(); 2]; MT];
+    let mut scv = [[[zero; 4]; 2]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            let jj = j % 8;
+            for m in 0..MT {
+                let sb = w[m].add(b / 8 * rec);
+                if jj == 0 {
+                    prefetch(sb, pf, hdr);
+                    for h in 0..2 {
+                        d[m][h] = f16x8(sb.add(16 * h));
+                        if Q3 {
+                            scv[m][h] = q3k_half_scales(sb.add(32), h);
+                        } else {
+                            dmin[m][h] = f16x8(sb.add(32 + 16 * h));
+                            for k in 0..4 {
+                                scv[m][h][k] = ld(sb.add(64 + 64 * k + 32 * h));
+                            }
+                        }
+                    }
+                }
+                let sp = sb.add(hdr + sub * jj);
+                prefetch(sp, pf, sub);
+                let mut hv = [Q23Half {
+                    sc_lo: zero,
+                    sc_hi: zero,
+                    mn_lo: zero,
+                    mn_hi: zero,
+                    q: [zero; 8],
+                }; 2];
+                for h in 0..2 {
+                    let hw = &mut hv[h];
+                    let sv = if jj % 2 == 0 {
+                        scv[m][h][jj / 2]
+                    } else {
+                        _mm256_srli_epi32::<16>(scv[m][h][jj / 2])
+                    };
+                    if Q3 {
+                        hw.sc_lo = _mm256_sub_epi32(_mm256_and_si256(sv, m3f), c32);
+                        hw.sc_hi = _mm256_sub_epi32(
+                            _mm256_and_si256(_mm256_srli_epi32::<8>(sv), m3f),
+                            c32,
+                        );
+                    } else {
+                        hw.sc_lo = _mm256_and_si256(sv, m0f);
+                        hw.mn_lo = _mm256_and_si256(_mm256_srli_epi32::<4>(sv), m0f);
+                        hw.sc_hi = _mm256_and_si256(_mm256_srli_epi32::<8>(sv), m0f);
+                        hw.mn_hi = _mm256_and_si256(_mm256_srli_epi32::<12>(sv), m0f);
+                    }
+                    let c = [ld(sp.add(32 * h)), ld(sp.add(64 + 32 * h))];
+                    let hb = if Q3 { ld(sp.add(128 + 32 * h)) } else { zero };
+                    hw.q = q23_quants256::<Q3>(c, hb);
+                }
+                for t in 0..NT {
+                    let xb = xgranules(x.q[t], nb, b);
+                    let (xl, xh) = (*x.lo[t].add(b), *x.hi[t].add(b));
+                    let dx = _mm256_set1_ps(*x.d[t].add(b));
+                    for h in 0..2 {
+                        let hw = &hv[h];
+                        let mut lo = dot4_256(&hw.q, &xb, 0);
+                        let mut hi = dot4_256(&hw.q, &xb, 4);
+                        if Q3 {
+                            lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(xl << 2));
+                            hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(xh << 2));
+                        }
+                        let is = _mm256_add_epi32(
+                            _mm256_mullo_epi32(hw.sc_lo, lo),
+                            _mm256_mullo_epi32(hw.sc_hi, hi),
+                        );
+                        let mut v =
+                            _mm256_mul_ps(_mm256_mul_ps(d[m][h], dx), _mm256_cvtepi32_ps(is));
+                        if !Q3 {
+                            let ms = _mm256_add_epi32(
+                                _mm256_mullo_epi32(hw.mn_lo, _mm256_set1_epi32(xl)),
+                                _mm256_mullo_epi32(hw.mn_hi, _mm256_set1_epi32(xh)),
+                            );
+                            v = _mm256_sub_ps(
+                                v,
+                                _mm256_mul_ps(
+                                    _mm256_mul_ps(dmin[m][h], dx),
+                                    _mm256_cvtepi32_ps(ms),
+                                ),
+                            );
+                        }
+                        acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
+                    }
+                }
+            }
+        });
+        b0 += g;
+    }
+    store(&acc, out, stride);
+}
+
 /// AVX2 over `MT` tiles read in block lockstep, for activation rows `t0..t0+nt`; writes
 /// `out[m][t * stride + r]` for `r < 16`.
 ///
@@ -554,5 +721,7 @@ pub(in super::super) unsafe fn tiles_avx2<const MT: usize>(
         WeightFormat::Q4K => go!(k4_tile256; false),
         WeightFormat::Q5K => go!(k4_tile256; true),
         WeightFormat::Q6K => go!(q6k_tile256),
+        WeightFormat::Q3K => go!(q23k_tile256; true),
+        WeightFormat::Q2K => go!(q23k_tile256; false),
     }
 }
