@@ -344,11 +344,13 @@ fn every_kernel_path_gives_the_same_logits() {
     } else if std::env::var("VERISPEC_REQUIRE_MODELS").as_deref() == Ok("1") {
         panic!("{} is missing: run scripts/fetch-models.sh", smol.display());
     }
-    // K-quant mixes (Q4_K, Q5_K, Q6_K) and Q5_0 / Q5_1 on a synthesized tiny phi3 (rows of one
-    // super-block).
+    // K-quant mixes (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K), Q5_0 / Q5_1 and IQ4_XS / IQ4_NL on a
+    // synthesized tiny phi3 (rows of one super-block).
     let dir = std::env::temp_dir().join(format!("verispec-paths-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for ty in ["q4_k_m", "q5_k_m", "q5_0", "q5_1"] {
+    for ty in [
+        "q4_k_m", "q5_k_m", "q5_0", "q5_1", "q3_k_m", "q2_k", "iq4_xs", "iq4_nl",
+    ] {
         let path = dir.join(format!("tiny-{ty}.gguf"));
         let o = run(&[
             "synth",

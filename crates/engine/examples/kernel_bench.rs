@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p verispec-engine --example kernel_bench            # everything
 //! cargo run --release -p verispec-engine --example kernel_bench -- --quick # Phi-4-mini 3072->3072 only
-//! options: --formats q8_0,q4_0,q4_1,q4_K,q5_K,q6_K  --paths avx2,avx512vnni,scalar
+//! options: --formats q8_0,q4_0,q4_1,q4_K,q5_K,q6_K,q3_K,q2_K,iq4_nl,iq4_xs  --paths avx2,avx512vnni,scalar
 //!          --shapes phi|smol|micro|head|all  --reps N  --rot-mib N  --hot
 //!          --prefetch 0,1024,2048 (software-prefetch distances to compare, bytes; default:
 //!          the CPU's tuning, per layout)
@@ -64,6 +64,13 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[2..4].copy_from_slice(&f16b(0.001));
             }
             GgmlType::Q6K => b[208..210].copy_from_slice(&f16b(0.0002)),
+            GgmlType::Q3K => b[108..110].copy_from_slice(&f16b(0.0002)),
+            GgmlType::IQ4NL => b[0..2].copy_from_slice(&f16b(0.0002)),
+            GgmlType::IQ4XS => b[0..2].copy_from_slice(&f16b(0.00001)),
+            GgmlType::Q2K => {
+                b[80..82].copy_from_slice(&f16b(0.001));
+                b[82..84].copy_from_slice(&f16b(0.001));
+            }
             _ => unreachable!(),
         }
     }
@@ -155,6 +162,10 @@ fn parse() -> Opts {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Q3K,
+        GgmlType::Q2K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ];
     let formats = match get("--formats") {
         Some(s) => s

@@ -8,6 +8,10 @@
 //! - Q8_0: q uniform in [-127, 127], d = std * sqrt(3) / 127 * u, u uniform in [0.75, 1.25];
 //! - Q4_K: value = d * sc * (q - 7.5) with q uniform in 0..16 (min = scale, dmin = 7.5 d);
 //! - Q6_K: value = d * sc * (q - 32) with q uniform in 0..64;
+//! - Q3_K: value = d * sc * (q - 4) with q uniform in 0..8, sc = +-(8..16) (random sign);
+//! - Q2_K: value = d * sc * q - dmin * sc with q uniform in 0..4, sc in 8..16, dmin = 1.5 d;
+//! - IQ4_NL: value = d * table[q], q uniform in 0..16, d of random sign; IQ4_XS: the same
+//!   with d * (ls - 32), ls - 32 = +-(8..16);
 //! - F16: uniform in [-std sqrt(3), std sqrt(3)];
 //! - norms: 1 ± 0.2 (so a missing norm multiply shows); LongRoPE factors: short in [1, 2],
 //!   long in [1, 48], sorted ascending, so LongRoPE is exercised.
@@ -36,6 +40,10 @@ pub enum SynthType {
     Q5KM,
     Q5_0,
     Q5_1,
+    Q3KM,
+    Q2K,
+    IQ4NL,
+    IQ4XS,
     F16,
 }
 
@@ -47,6 +55,10 @@ impl SynthType {
             "q5_k_m" => Some(SynthType::Q5KM),
             "q5_0" => Some(SynthType::Q5_0),
             "q5_1" => Some(SynthType::Q5_1),
+            "q3_k_m" => Some(SynthType::Q3KM),
+            "q2_k" => Some(SynthType::Q2K),
+            "iq4_nl" => Some(SynthType::IQ4NL),
+            "iq4_xs" => Some(SynthType::IQ4XS),
             "f16" => Some(SynthType::F16),
             _ => None,
         }
@@ -242,6 +254,79 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
                 }
                 b[208..210].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             }
+            GgmlType::Q3K => {
+                // d * sc * (q - 4): |sc| in 8..16 (rms 12.1), std of (q - 4) with its mean is 2.35.
+                let d = spread / 2.35 / 12.1;
+                for q in b[..96].iter_mut() {
+                    *q = r.next() as u8;
+                }
+                // 6-bit scales biased by 32, packed as ggml's Q3_K unpacking reads them.
+                let sc = &mut b[96..108];
+                sc.fill(0);
+                for j in 0..16 {
+                    let mag = 8 + (r.next() % 8) as i32;
+                    let v = (32
+                        + if r.next().is_multiple_of(2) {
+                            mag
+                        } else {
+                            -mag
+                        }) as u8;
+                    if j < 8 {
+                        sc[j] |= v & 0x0f;
+                    } else {
+                        sc[j - 8] |= (v & 0x0f) << 4;
+                    }
+                    sc[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
+                }
+                b[108..110].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            }
+            GgmlType::Q2K => {
+                // d * sc * q - dmin * sc with dmin = 1.5 d: zero mean; std of q is 1.118.
+                let d = spread / 1.118 / 11.5;
+                for s in b[..16].iter_mut() {
+                    let sc = 8 + (r.next() % 8) as u8;
+                    *s = sc | (sc << 4);
+                }
+                for q in b[16..80].iter_mut() {
+                    *q = r.next() as u8;
+                }
+                b[80..82].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                b[82..84].copy_from_slice(&f16::from_f32(1.5 * d).to_le_bytes());
+            }
+            GgmlType::IQ4NL | GgmlType::IQ4XS => {
+                // The table's values have an rms of 67.4 (mean -5.9): a random sign per block
+                // keeps the mean at zero.
+                let sign = if r.next().is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                };
+                let q0 = if ty == GgmlType::IQ4NL {
+                    b[0..2].copy_from_slice(&f16::from_f32(sign * spread / 67.4).to_le_bytes());
+                    2
+                } else {
+                    let d = sign * spread / 67.4 / 12.1;
+                    b[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                    let (mut h, mut l) = (0u16, [0u8; 4]);
+                    for j in 0..8 {
+                        let mag = 8 + (r.next() % 8) as i32;
+                        let ls = (32
+                            + if r.next().is_multiple_of(2) {
+                                mag
+                            } else {
+                                -mag
+                            }) as u8;
+                        l[j / 2] |= (ls & 0x0f) << (4 * (j % 2));
+                        h |= u16::from(ls >> 4) << (2 * j);
+                    }
+                    b[2..4].copy_from_slice(&h.to_le_bytes());
+                    b[4..8].copy_from_slice(&l);
+                    8
+                };
+                for q in b[q0..].iter_mut() {
+                    *q = r.next() as u8;
+                }
+            }
             GgmlType::F16 => {
                 let a = spread * 3f32.sqrt();
                 b.copy_from_slice(&f16::from_f32((2.0 * r.unit() - 1.0) * a).to_le_bytes());
@@ -249,6 +334,15 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
             _ => b.fill(0),
         }
     }
+}
+
+/// The roles of a layer's matrices, which llama-quantize's mixes treat differently.
+#[derive(Clone, Copy)]
+enum Mat {
+    Qkv,
+    Out,
+    Up,
+    Down,
 }
 
 struct Planned {
@@ -335,21 +429,42 @@ pub fn synth(
         SynthType::Q5KM => 17,
         SynthType::Q5_0 => 8,
         SynthType::Q5_1 => 9,
+        SynthType::Q3KM => 12,
+        SynthType::Q2K => 10,
+        SynthType::IQ4NL => 25,
+        SynthType::IQ4XS => 30,
         SynthType::F16 => 1,
     };
     w.set_kv("general.file_type", Value::U32(file_type));
     w.set_kv("general.quantization_version", Value::U32(2));
     opts.preset.tokenizer()?.write_gguf(&mut w);
 
-    // The tensor plan, in the order llama.cpp's converter writes them.
-    let mat = |is_more: bool| match opts.ty {
-        SynthType::Q8_0 => GgmlType::Q8_0,
-        SynthType::F16 => GgmlType::F16,
-        SynthType::Q4KM | SynthType::Q5KM if is_more => GgmlType::Q6K,
-        SynthType::Q4KM => GgmlType::Q4K,
-        SynthType::Q5KM => GgmlType::Q5K,
-        SynthType::Q5_0 => GgmlType::Q5_0,
-        SynthType::Q5_1 => GgmlType::Q5_1,
+    // The tensor plan, in the order llama.cpp's converter writes them. Each matrix's type
+    // follows llama-quantize's rules for the mix (`llama_tensor_get_type`; phi3's fused
+    // attn_qkv counts as attn_v there).
+    let n_gqa = sh.n_head / sh.n_head_kv;
+    let mat = |m: Mat, i: usize| {
+        let more = use_more_bits(i, sh.n_layer);
+        match (opts.ty, m) {
+            (SynthType::Q8_0, _) => GgmlType::Q8_0,
+            (SynthType::F16, _) => GgmlType::F16,
+            (SynthType::Q4KM | SynthType::Q5KM, Mat::Qkv | Mat::Down) if more => GgmlType::Q6K,
+            (SynthType::Q4KM, _) => GgmlType::Q4K,
+            (SynthType::Q5KM, _) => GgmlType::Q5K,
+            (SynthType::Q5_0, _) => GgmlType::Q5_0,
+            (SynthType::Q5_1, _) => GgmlType::Q5_1,
+            (SynthType::Q3KM, Mat::Qkv) if i < 2 => GgmlType::Q5K,
+            (SynthType::Q3KM, Mat::Down) if i < sh.n_layer / 16 => GgmlType::Q5K,
+            (SynthType::Q3KM, Mat::Up) => GgmlType::Q3K,
+            (SynthType::Q3KM, _) => GgmlType::Q4K,
+            (SynthType::Q2K, Mat::Qkv) if n_gqa >= 4 => GgmlType::Q4K,
+            (SynthType::Q2K, Mat::Up) => GgmlType::Q2K,
+            (SynthType::Q2K, _) => GgmlType::Q3K,
+            (SynthType::IQ4NL | SynthType::IQ4XS, Mat::Qkv) if n_gqa >= 4 => GgmlType::Q5K,
+            (SynthType::IQ4NL | SynthType::IQ4XS, Mat::Down) if i < sh.n_layer / 8 => GgmlType::Q5K,
+            (SynthType::IQ4NL, _) => GgmlType::IQ4NL,
+            (SynthType::IQ4XS, _) => GgmlType::IQ4XS,
+        }
     };
     let (d, ff) = (sh.n_embd as u64, sh.n_ff as u64);
     let mut plan: Vec<Planned> = Vec::new();
@@ -369,7 +484,7 @@ pub fn synth(
     // Tied embeddings are the output matrix: llama-quantize gives them Q6_K in every mix here
     // but q8_0 and f16.
     let embd = match opts.ty {
-        SynthType::Q8_0 | SynthType::F16 => mat(true),
+        SynthType::Q8_0 | SynthType::F16 => mat(Mat::Up, 0),
         _ => GgmlType::Q6K,
     };
     add(
@@ -379,7 +494,6 @@ pub fn synth(
         None,
     );
     for i in 0..sh.n_layer {
-        let more = use_more_bits(i, sh.n_layer);
         let s = opts.seed.wrapping_mul(1000).wrapping_add(i as u64);
         add(
             format!("blk.{i}.attn_norm.weight"),
@@ -390,13 +504,13 @@ pub fn synth(
         add(
             format!("blk.{i}.attn_qkv.weight"),
             vec![d, d + 2 * kv as u64],
-            mat(more),
+            mat(Mat::Qkv, i),
             None,
         );
         add(
             format!("blk.{i}.attn_output.weight"),
             vec![d, d],
-            mat(false),
+            mat(Mat::Out, i),
             None,
         );
         add(
@@ -408,13 +522,13 @@ pub fn synth(
         add(
             format!("blk.{i}.ffn_up.weight"),
             vec![d, 2 * ff],
-            mat(false),
+            mat(Mat::Up, i),
             None,
         );
         add(
             format!("blk.{i}.ffn_down.weight"),
             vec![ff, d],
-            mat(more),
+            mat(Mat::Down, i),
             None,
         );
     }
@@ -538,6 +652,10 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q5_1,
             GgmlType::Q6K,
+            GgmlType::Q3K,
+            GgmlType::Q2K,
+            GgmlType::IQ4NL,
+            GgmlType::IQ4XS,
             GgmlType::F16,
         ] {
             let n_blocks = 64;

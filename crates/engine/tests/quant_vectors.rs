@@ -127,6 +127,16 @@ fn q6_k_vectors() {
 }
 
 #[test]
+fn iq4_nl_vectors() {
+    check(GgmlType::IQ4NL, "iq4_nl");
+}
+
+#[test]
+fn iq4_xs_vectors() {
+    check(GgmlType::IQ4XS, "iq4_xs");
+}
+
+#[test]
 fn q8_0_quantize_vectors() {
     let x = read_f32("q8_0.quant_in.f32.bin");
     let want = read("q8_0.quant_out.bin");

@@ -343,7 +343,7 @@ fn exactness_guard_reports_a_divergence() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// q4_k_m, q5_k_m, q5_0 and q5_1 models (Q4_K / Q5_K / Q5_0 / Q5_1 and Q6_K weights: 16-row
+/// q4_k_m, q5_k_m, q5_0, q5_1, q3_k_m, q2_k, iq4_xs and iq4_nl models (Q4_K / Q5_K / Q5_0 / Q5_1 / Q3_K / Q2_K / IQ4_XS / IQ4_NL and Q6_K weights: 16-row
 /// tiles where AVX-512 VNNI or AVX2 runs, rows elsewhere): a 4-row pass gives the bits of 4 single-row passes, 1 thread
 /// the bits of 2, and speculative decoding (with the exactness guard) the tokens of greedy
 /// decoding.
@@ -357,6 +357,10 @@ fn k_quant_model_is_batch_invariant_and_speculation_is_exact() {
         ("q5km", SynthType::Q5KM, 5),
         ("q5_0", SynthType::Q5_0, 7),
         ("q5_1", SynthType::Q5_1, 9),
+        ("q3km", SynthType::Q3KM, 13),
+        ("q2k", SynthType::Q2K, 15),
+        ("iq4xs", SynthType::IQ4XS, 17),
+        ("iq4nl", SynthType::IQ4NL, 19),
     ] {
         let (dir, model) = synth_tiny(tag, ty, seed);
         let mut per_threads = Vec::new();

@@ -9,7 +9,8 @@ pub struct Args {
     /// phi4-mini (exact Phi-4-mini shapes, o200k vocabulary) or tiny-phi3 (test size).
     #[arg(long)]
     pub preset: String,
-    /// q8_0, q4_k_m, q5_k_m, q5_0, q5_1 (llama-quantize's mixes of those names) or f16.
+    /// q8_0, q4_k_m, q5_k_m, q5_0, q5_1, q3_k_m, q2_k, iq4_nl, iq4_xs (llama-quantize's mixes
+    /// of those names, without an importance matrix) or f16.
     #[arg(long = "type")]
     pub ty: String,
     /// Number of layers (default: the preset's).
@@ -37,7 +38,7 @@ pub fn run(a: Args) -> CliResult {
     })?;
     let ty = SynthType::parse(&a.ty).ok_or_else(|| {
         CliError::usage(format!(
-            "unknown --type {:?}; expected q8_0, q4_k_m, q5_k_m, q5_0, q5_1 or f16",
+            "unknown --type {:?}; expected q8_0, q4_k_m, q5_k_m, q5_0, q5_1, q3_k_m, q2_k, iq4_nl, iq4_xs or f16",
             a.ty
         ))
     })?;

@@ -19,12 +19,14 @@ pub enum GgmlType {
     Q5K = 13,
     Q6K = 14,
     Q8K = 15,
+    IQ4NL = 20,
+    IQ4XS = 23,
     BF16 = 30,
 }
 
 impl GgmlType {
     /// Every type this engine can read, in id order.
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 17] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -39,6 +41,8 @@ impl GgmlType {
         GgmlType::Q5K,
         GgmlType::Q6K,
         GgmlType::Q8K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
         GgmlType::BF16,
     ];
 
@@ -55,8 +59,8 @@ impl GgmlType {
         use GgmlType::*;
         match self {
             F32 | F16 | BF16 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
-            Q2K | Q3K | Q4K | Q5K | Q6K | Q8K => 256,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4NL => 32,
+            Q2K | Q3K | Q4K | Q5K | Q6K | Q8K | IQ4XS => 256,
         }
     }
 
@@ -78,6 +82,8 @@ impl GgmlType {
             Q5K => 176,
             Q6K => 210,
             Q8K => 292,
+            IQ4NL => 18,
+            IQ4XS => 136,
         }
     }
 
@@ -110,6 +116,8 @@ impl GgmlType {
             Q5K => "q5_K",
             Q6K => "q6_K",
             Q8K => "q8_K",
+            IQ4NL => "iq4_nl",
+            IQ4XS => "iq4_xs",
         }
     }
 }

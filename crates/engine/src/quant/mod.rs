@@ -27,7 +27,8 @@
 //! must keep is: compute in f32 (not f16) and round the min step exactly once.
 //!
 //! Supported for dequantization: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K,
-//! Q4_K, Q5_K, Q6_K, Q8_K. Q8_1 is refused with [`QuantError::Unsupported`]: it is an
+//! Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS (IQ4's table values are 7-bit integers and its
+//! scales 6-bit, so its products are exact too). Q8_1 is refused with [`QuantError::Unsupported`]: it is an
 //! activation-only format for which ggml itself defines no dequantizer (`to_float` is unset).
 
 use std::fmt;
@@ -37,6 +38,8 @@ use crate::gguf::GgmlType;
 pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -197,6 +200,8 @@ fn dequantizer(ty: GgmlType) -> Option<RowFn> {
         Q5K => q5_k::dequantize,
         Q6K => q6_k::dequantize,
         Q8K => q8_k::dequantize,
+        IQ4NL => iq4_nl::dequantize,
+        IQ4XS => iq4_xs::dequantize,
         // ggml has no `to_float` for Q8_1 (activation-only format), so neither do we.
         Q8_1 => return None,
     };

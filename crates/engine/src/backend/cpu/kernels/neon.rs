@@ -46,7 +46,7 @@ unsafe fn ld16(p: *const u8, n: usize) -> uint8x16_t {
 
 /// Signed weight quants of granule `k` (0..8) for lanes `4c..4c+4` of a group, centred like
 /// `lane_ints`: Q8_0 `q`, Q4_0 `q - 8`, Q5_0 `q - 16`, Q4_1 / Q4_K / Q5_1 / Q5_K / Q2_K `q`,
-/// Q6_K `q - 32`, Q3_K `q - 4`.
+/// Q6_K `q - 32`, Q3_K `q - 4`, IQ4_NL / IQ4_XS the table value of the index.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn weight_granule(
@@ -95,6 +95,15 @@ unsafe fn weight_granule(
             let shift = vdupq_n_s8(-(2 * (k % 4) as i8));
             let high = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, shift), vdupq_n_u8(3)));
             vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32))
+        }
+        WeightFormat::IQ4NL | WeightFormat::IQ4XS => {
+            let base = if fmt == WeightFormat::IQ4NL {
+                2 * g
+            } else {
+                8 * (g / 8)
+            };
+            let tbl = vld1q_s8(super::pack::IQ4_VALUES.as_ptr());
+            vqtbl1q_s8(tbl, nib(base))
         }
         WeightFormat::Q3K | WeightFormat::Q2K => {
             let s = g / 8;

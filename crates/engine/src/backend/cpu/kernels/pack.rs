@@ -18,6 +18,8 @@
 //! | Q6_K | `d: [f16; S]`, `sc_lo: [i8; g]`, `sc_hi: [i8; g]`, 4 nibble granules (low 4 bits), 2 high-bit granules | 210 S |
 //! | Q3_K | `d: [f16; S]`, `scales: [[u8; 12]; S]` (ggml's packed 6-bit), 2 crumb granules (low 2 bits), 1 high-bit granule (bit 2) | 110 S |
 //! | Q2_K | `d: [f16; S]`, `dmin: [f16; S]`, `sc_lo: [u8; g]`, `sc_hi: [u8; g]` (ggml's scale bytes: scale in the low nibble, min in the high), 2 crumb granules | 84 S |
+//! | IQ4_NL | Q4_0's sections (the nibbles are table indices) | 18 g |
+//! | IQ4_XS | `d: [f16; S]`, `scales: [[u8; 6]; S]` (ggml's `scales_h` and `scales_l`), 4 nibble granules (GGUF's nibble order, as Q4_0's) | 136 S |
 //!
 //! Nibble granule `p` (0..4): byte `e` of lane `i` holds element `4p + e` of the block in its
 //! low nibble and element `16 + 4p + e` in its high nibble (Q4_0's own nibble order; Q4_K and
@@ -46,6 +48,7 @@
 //! | Q4_1 | `d: [f16; 16]`, `m: [f16; 16]`, 4 nibble granules | 320 |
 //! | Q5_0 | Q4_0's record, then 1 high-bit granule of 64 bytes | 352 |
 //! | Q5_1 | Q4_1's record, then 1 high-bit granule of 64 bytes | 384 |
+//! | IQ4_NL | Q4_0's record | 288 |
 //!
 //! The K-quants have one record per super-block `s` (256 elements, sub-blocks `j` = 0..8 are
 //! blocks `8 s + j`):
@@ -57,6 +60,7 @@
 //! | Q6_K | `d: [f16; 16]`, then per sub-block `j` (416 bytes): `sc_lo: [i8; 16]`, `sc_hi: [i8; 16]`, 4 nibble granules (low 4 bits, 256 bytes), 2 high-bit granules (128 bytes) | 3360 |
 //! | Q3_K | `d: [f16; 16]`, 3 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 12 packed scale bytes), then per sub-block `j` (192 bytes): 2 crumb granules, 1 high-bit granule | 1760 |
 //! | Q2_K | `d: [f16; 16]`, `dmin: [f16; 16]`, 4 scale sections of 64 bytes (section `k`, lane `r` = bytes `4k..4k+4` of row `r`'s 16 scale bytes), then per sub-block `j` 2 crumb granules (128 bytes) | 1344 |
+//! | IQ4_XS | `d: [f16; 16]`, `scales_h: [u16; 16]`, `scales_l: [[u8; 4]; 16]`, then per sub-block `j` 4 nibble granules (256 bytes; granule `p`, lane `r` = GGUF quant bytes `4p..4p+4` of the sub-block) | 2176 |
 //!
 //! K-quant nibble and high-bit granules are those of the rows layout with lane = row: nibble
 //! granule `p` holds elements `4p + e` (low) and `16 + 4p + e` (high) of the sub-block; Q6_K
@@ -73,6 +77,7 @@ use crate::gguf::GgmlType;
 use crate::EngineError;
 
 use super::{GROUP, QK};
+pub(crate) use crate::quant::iq4_nl::KVALUES as IQ4_VALUES;
 
 /// Formats the kernels multiply natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,10 +92,12 @@ pub enum WeightFormat {
     Q6K,
     Q3K,
     Q2K,
+    IQ4NL,
+    IQ4XS,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 10] = [
+    pub const ALL: [WeightFormat; 12] = [
         WeightFormat::Q8_0,
         WeightFormat::Q4_0,
         WeightFormat::Q4_1,
@@ -101,6 +108,8 @@ impl WeightFormat {
         WeightFormat::Q6K,
         WeightFormat::Q3K,
         WeightFormat::Q2K,
+        WeightFormat::IQ4NL,
+        WeightFormat::IQ4XS,
     ];
 
     pub fn ggml_type(self) -> GgmlType {
@@ -115,6 +124,8 @@ impl WeightFormat {
             WeightFormat::Q6K => GgmlType::Q6K,
             WeightFormat::Q3K => GgmlType::Q3K,
             WeightFormat::Q2K => GgmlType::Q2K,
+            WeightFormat::IQ4NL => GgmlType::IQ4NL,
+            WeightFormat::IQ4XS => GgmlType::IQ4XS,
         }
     }
 
@@ -142,6 +153,8 @@ impl WeightFormat {
             WeightFormat::Q6K => 210 * (g / 8),
             WeightFormat::Q3K => 110 * (g / 8),
             WeightFormat::Q2K => 84 * (g / 8),
+            WeightFormat::IQ4NL => 18 * g,
+            WeightFormat::IQ4XS => 136 * (g / 8),
         }
     }
 
@@ -155,6 +168,7 @@ impl WeightFormat {
                 | WeightFormat::Q6K
                 | WeightFormat::Q3K
                 | WeightFormat::Q2K
+                | WeightFormat::IQ4XS
         )
     }
 
@@ -457,7 +471,8 @@ impl PackedMatrix {
 
 /// Weight quants of lane `i` of a group as integers, centred where the format has an
 /// offset: Q8_0 `q`, Q4_0 `q - 8`, Q4_1 / Q4_K `q` (0..16), Q5_0 `q - 16`, Q5_1 / Q5_K `q`
-/// (0..32), Q6_K `q - 32`, Q3_K `q - 4`, Q2_K `q` (0..4).
+/// (0..32), Q6_K `q - 32`, Q3_K `q - 4`, Q2_K `q` (0..4), IQ4_NL / IQ4_XS the table value
+/// of the index.
 #[inline(always)]
 pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mut [i32; QK]) {
     match fmt {
@@ -506,6 +521,18 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
                 q[k] = i32::from(lo | (hi << 4)) - 32;
             }
         }
+        WeightFormat::IQ4NL | WeightFormat::IQ4XS => {
+            let base = if fmt == WeightFormat::IQ4NL {
+                2 * g
+            } else {
+                8 * (g / 8)
+            };
+            for j in 0..16 {
+                let byte = wg[base + (j / 4) * 4 * g + 4 * i + j % 4];
+                q[j] = i32::from(IQ4_VALUES[usize::from(byte & 0x0f)]);
+                q[j + 16] = i32::from(IQ4_VALUES[usize::from(byte >> 4)]);
+            }
+        }
         WeightFormat::Q3K | WeightFormat::Q2K => {
             let s = g / 8;
             let cr = if fmt == WeightFormat::Q3K {
@@ -544,6 +571,12 @@ pub(crate) fn lane_params(fmt: WeightFormat, wg: &[u8], g: usize, i: usize) -> (
             (d * f32::from(sc[i % 8]), dmin * f32::from(m[i % 8]))
         }
         WeightFormat::Q6K | WeightFormat::Q3K => (f16_at(wg, 2 * (i / 8)), 0.0),
+        WeightFormat::IQ4NL => (f16_at(wg, 2 * i), 0.0),
+        WeightFormat::IQ4XS => {
+            let (s, sb) = (g / 8, i / 8);
+            let sc = crate::quant::iq4_xs::scales_of(&wg[2 * s + 6 * sb..2 * s + 6 * sb + 6]);
+            (f16_at(wg, 2 * sb) * sc[i % 8] as f32, 0.0)
+        }
         WeightFormat::Q2K => (
             f16_at(wg, 2 * (i / 8)),
             f16_at(wg, 2 * (g / 8) + 2 * (i / 8)),
@@ -588,7 +621,10 @@ fn lane_values(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, y: &mut [f32]) 
     for (k, (yk, &qk)) in y.iter_mut().zip(q.iter()).enumerate() {
         let qf = qk as f32;
         *yk = match fmt {
-            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 => qf * a,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::IQ4NL => {
+                qf * a
+            }
+            WeightFormat::IQ4XS => a * qf,
             WeightFormat::Q4_1 | WeightFormat::Q5_1 => qf * a + m,
             WeightFormat::Q4K | WeightFormat::Q5K => a * qf - m,
             WeightFormat::Q6K | WeightFormat::Q3K | WeightFormat::Q2K => {
@@ -871,6 +907,29 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                     }
                 }
             }
+            WeightFormat::IQ4NL => {
+                for i in 0..g {
+                    let blk = &src[(b0 + i) * ts..(b0 + i + 1) * ts];
+                    wg[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
+                    for j in 0..16 {
+                        wg[2 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[2 + j];
+                    }
+                }
+            }
+            WeightFormat::IQ4XS => {
+                let s = g / 8;
+                for sb in 0..s {
+                    let blk = &src[(b0 / 8 + sb) * ts..(b0 / 8 + sb + 1) * ts];
+                    wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[0..2]);
+                    wg[2 * s + 6 * sb..2 * s + 6 * sb + 6].copy_from_slice(&blk[2..8]);
+                    for j in 0..8 {
+                        let i = 8 * sb + j;
+                        for l in 0..16 {
+                            wg[8 * s + (l / 4) * 4 * g + 4 * i + l % 4] = blk[8 + 16 * j + l];
+                        }
+                    }
+                }
+            }
             WeightFormat::Q3K | WeightFormat::Q2K => {
                 let s = g / 8;
                 let mut q = [0u8; 256];
@@ -909,7 +968,7 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
 fn tile_record(fmt: WeightFormat) -> (usize, usize) {
     match fmt {
         WeightFormat::Q8_0 => (34 * TILE_ROWS, 32),
-        WeightFormat::Q4_0 => (18 * TILE_ROWS, 32),
+        WeightFormat::Q4_0 | WeightFormat::IQ4NL => (18 * TILE_ROWS, 32),
         WeightFormat::Q4_1 => (20 * TILE_ROWS, 64),
         WeightFormat::Q5_0 => (22 * TILE_ROWS, 32),
         WeightFormat::Q5_1 => (24 * TILE_ROWS, 64),
@@ -1119,6 +1178,43 @@ fn q23k_tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
     }
 }
 
+/// IQ4_XS row `src` (GGUF super-blocks) as row `r` of a tile.
+fn iq4xs_tile_put_row(src: &[u8], dst: &mut [u8], r: usize) {
+    for (s, blk) in src.chunks_exact(136).enumerate() {
+        let d = &mut dst[s * IQ4XS_TILE_SB..(s + 1) * IQ4XS_TILE_SB];
+        d[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+        d[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+        d[64 + 4 * r..68 + 4 * r].copy_from_slice(&blk[4..8]);
+        for j in 0..8 {
+            for p in 0..4 {
+                let at = IQ4XS_TILE_HDR + 256 * j + 64 * p + 4 * r;
+                d[at..at + 4].copy_from_slice(&blk[8 + 16 * j + 4 * p..12 + 16 * j + 4 * p]);
+            }
+        }
+    }
+}
+
+/// Row `r` of an IQ4_XS tile back as GGUF super-blocks.
+fn iq4xs_tile_get_row(src: &[u8], dst: &mut [u8], r: usize) {
+    for (s, blk) in dst.chunks_exact_mut(136).enumerate() {
+        let t = &src[s * IQ4XS_TILE_SB..(s + 1) * IQ4XS_TILE_SB];
+        blk[0..2].copy_from_slice(&t[2 * r..2 * r + 2]);
+        blk[2..4].copy_from_slice(&t[32 + 2 * r..34 + 2 * r]);
+        blk[4..8].copy_from_slice(&t[64 + 4 * r..68 + 4 * r]);
+        for j in 0..8 {
+            for p in 0..4 {
+                let at = IQ4XS_TILE_HDR + 256 * j + 64 * p + 4 * r;
+                blk[8 + 16 * j + 4 * p..12 + 16 * j + 4 * p].copy_from_slice(&t[at..at + 4]);
+            }
+        }
+    }
+}
+
+/// Bytes of one super-block record of an IQ4_XS tile.
+pub(crate) const IQ4XS_TILE_SB: usize = 136 * TILE_ROWS;
+/// Bytes of an IQ4_XS tile record's header: `d` (32), `scales_h` (32), `scales_l` (64).
+pub(crate) const IQ4XS_TILE_HDR: usize = 128;
+
 /// Bytes of one super-block record of a Q3_K tile.
 pub(crate) const Q3K_TILE_SB: usize = 110 * TILE_ROWS;
 /// Bytes of a Q3_K tile record's header: `d` (32) and three scale sections of 64.
@@ -1152,6 +1248,7 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
         WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_put_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_put_row(src, dst, r),
         WeightFormat::Q3K | WeightFormat::Q2K => return q23k_tile_put_row(fmt, src, dst, r),
+        WeightFormat::IQ4XS => return iq4xs_tile_put_row(src, dst, r),
         _ => {}
     }
     let ts = fmt.ggml_type().type_size();
@@ -1167,7 +1264,7 @@ fn tile_put_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                     }
                 }
             }
-            WeightFormat::Q4_0 => {
+            WeightFormat::Q4_0 | WeightFormat::IQ4NL => {
                 for p in 0..4 {
                     d[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]
                         .copy_from_slice(&blk[2 + 4 * p..6 + 4 * p]);
@@ -1201,6 +1298,7 @@ fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
         WeightFormat::Q4K | WeightFormat::Q5K => return q4k_tile_get_row(fmt, src, dst, r),
         WeightFormat::Q6K => return q6k_tile_get_row(src, dst, r),
         WeightFormat::Q3K | WeightFormat::Q2K => return q23k_tile_get_row(fmt, src, dst, r),
+        WeightFormat::IQ4XS => return iq4xs_tile_get_row(src, dst, r),
         _ => {}
     }
     let ts = fmt.ggml_type().type_size();
@@ -1216,7 +1314,7 @@ fn tile_get_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8], r: usize) {
                     }
                 }
             }
-            WeightFormat::Q4_0 => {
+            WeightFormat::Q4_0 | WeightFormat::IQ4NL => {
                 for p in 0..4 {
                     blk[2 + 4 * p..6 + 4 * p]
                         .copy_from_slice(&s[q0 + 64 * p + 4 * r..q0 + 64 * p + 4 * r + 4]);

@@ -75,7 +75,9 @@ pub(crate) fn block_value(
         | WeightFormat::Q4_0
         | WeightFormat::Q5_0
         | WeightFormat::Q6K
-        | WeightFormat::Q3K => (s * dx) * isum,
+        | WeightFormat::Q3K
+        | WeightFormat::IQ4NL
+        | WeightFormat::IQ4XS => (s * dx) * isum,
         WeightFormat::Q4_1 | WeightFormat::Q5_1 => ((s * dx) * isum) + ((m * dx) * (msum as f32)),
         WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q2K => {
             ((s * dx) * isum) - ((m * dx) * (msum as f32))

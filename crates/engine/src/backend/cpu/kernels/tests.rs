@@ -79,6 +79,8 @@ fn gen_tensor(ty: GgmlType, n_out: usize, n_in: usize, seed: u64) -> Vec<u8> {
                 b[80..82].copy_from_slice(&f16b(scale / 16.0));
                 b[82..84].copy_from_slice(&f16b(scale / 16.0));
             }
+            GgmlType::IQ4NL => b[0..2].copy_from_slice(&f16b(scale / 64.0)),
+            GgmlType::IQ4XS => b[0..2].copy_from_slice(&f16b(scale / 2048.0)),
             _ => unreachable!(),
         }
         out.extend_from_slice(&b);
@@ -217,6 +219,30 @@ fn decode_gguf(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                         (d * f32::from(sc & 15)) * f32::from(q) - dmin * f32::from(sc >> 4);
                 }
             }
+            GgmlType::IQ4NL | GgmlType::IQ4XS => {
+                // ggml's kvalues_iq4nl; IQ4_NL: d, qs[16]; IQ4_XS: d, scales_h (u16),
+                // scales_l[4], qs[128] (16 bytes per sub-block of 32).
+                const KV: [i8; 16] = [
+                    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+                ];
+                let d = f16(b, 0);
+                let n_sub = if ty == GgmlType::IQ4NL { 1 } else { 8 };
+                for j in 0..n_sub {
+                    let (dl, qs) = if ty == GgmlType::IQ4NL {
+                        (d, &b[2..18])
+                    } else {
+                        let h = u16::from_le_bytes([b[2], b[3]]);
+                        let ls = i32::from((b[4 + j / 2] >> (4 * (j % 2))) & 15)
+                            | i32::from((h >> (2 * j)) & 3) << 4;
+                        (d * (ls - 32) as f32, &b[8 + 16 * j..24 + 16 * j])
+                    };
+                    for l in 0..16 {
+                        let base = bi * ty.block_size() + 32 * j;
+                        out[base + l] = dl * f32::from(KV[usize::from(qs[l] & 15)]);
+                        out[base + l + 16] = dl * f32::from(KV[usize::from(qs[l] >> 4)]);
+                    }
+                }
+            }
             _ => unreachable!(),
         }
     }
@@ -242,7 +268,7 @@ fn gen_acts(n_rows: usize, n_in: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn native_types() -> [GgmlType; 10] {
+fn native_types() -> [GgmlType; 12] {
     [
         GgmlType::Q8_0,
         GgmlType::Q4_0,
@@ -254,6 +280,8 @@ fn native_types() -> [GgmlType; 10] {
         GgmlType::Q6K,
         GgmlType::Q3K,
         GgmlType::Q2K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
     ]
 }
 
@@ -617,9 +645,11 @@ fn extreme_quants_match_scalar_on_every_path() {
             GgmlType::Q5_1 => (4..24, 0xff),
             GgmlType::Q4K => (16..144, 0xff),
             GgmlType::Q5K => (16..176, 0xff),
-            GgmlType::Q6K => (0..192, 0x00), // q - 32 = -32
-            GgmlType::Q3K => (0..96, 0xff),  // hmask and qs: q + 4 = 7
-            GgmlType::Q2K => (16..80, 0xff), // q = 3
+            GgmlType::Q6K => (0..192, 0x00),   // q - 32 = -32
+            GgmlType::Q3K => (0..96, 0xff),    // hmask and qs: q + 4 = 7
+            GgmlType::Q2K => (16..80, 0xff),   // q = 3
+            GgmlType::IQ4NL => (2..18, 0x00),  // -127
+            GgmlType::IQ4XS => (8..136, 0x00), // -127
             _ => unreachable!(),
         };
         for blk in data.chunks_exact_mut(ts) {

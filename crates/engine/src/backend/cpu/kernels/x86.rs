@@ -105,6 +105,8 @@ pub(super) unsafe fn rows_avx512(
         WeightFormat::Q6K => dispatch_nt!(q6k_512, w, nb, x, t0, nt, o),
         WeightFormat::Q3K => dispatch_nt!(q23k_512; true, w, nb, x, t0, nt, o),
         WeightFormat::Q2K => dispatch_nt!(q23k_512; false, w, nb, x, t0, nt, o),
+        WeightFormat::IQ4NL => dispatch_nt!(iq4_512; false, w, nb, x, t0, nt, o),
+        WeightFormat::IQ4XS => dispatch_nt!(iq4_512; true, w, nb, x, t0, nt, o),
     }
 }
 
@@ -133,6 +135,8 @@ pub(super) unsafe fn rows_avx2(
         WeightFormat::Q6K => dispatch_nt!(q6k_256, w, nb, x, t0, nt, o),
         WeightFormat::Q3K => dispatch_nt!(q23k_256; true, w, nb, x, t0, nt, o),
         WeightFormat::Q2K => dispatch_nt!(q23k_256; false, w, nb, x, t0, nt, o),
+        WeightFormat::IQ4NL => dispatch_nt!(iq4_256; false, w, nb, x, t0, nt, o),
+        WeightFormat::IQ4XS => dispatch_nt!(iq4_256; true, w, nb, x, t0, nt, o),
     }
 }
 
@@ -1377,7 +1381,7 @@ unsafe fn q23k_tile512<const NT: usize, const MT: usize, const Q3: bool>(
                 }
                 let sp = sb.add(hdr + sub * jj);
                 prefetch(sp, pf, sub);
-                let sv = if jj % 2 == 0 {
+                let sv = if jj.is_multiple_of(2) {
                     scv[m][jj / 2]
                 } else {
                     _mm512_srli_epi32::<16>(scv[m][jj / 2])
@@ -1479,6 +1483,8 @@ pub(super) unsafe fn tiles_avx512<const MT: usize>(
         WeightFormat::Q6K => go!(q6k_tile512),
         WeightFormat::Q3K => go!(q23k_tile512; true),
         WeightFormat::Q2K => go!(q23k_tile512; false),
+        WeightFormat::IQ4NL => go!(iq4_tile512; false),
+        WeightFormat::IQ4XS => go!(iq4_tile512; true),
     }
 }
 
@@ -2105,3 +2111,6 @@ pub(super) unsafe fn quantize_block_avx2(xb: &[f32; QK]) -> (f32, [i8; QK]) {
     }
     (d, q)
 }
+
+mod iq4;
+use iq4::{iq4_256, iq4_512, iq4_tile512};

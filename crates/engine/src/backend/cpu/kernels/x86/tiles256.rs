@@ -24,10 +24,11 @@
 use std::arch::x86_64::*;
 
 use super::super::pack::{
-    Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB, Q3K_TILE_HDR, Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB,
-    Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB,
+    IQ4XS_TILE_HDR, IQ4XS_TILE_SB, Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB, Q3K_TILE_HDR,
+    Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB,
 };
 use super::super::{QuantizedActs, WeightFormat, GROUP, QK};
+use super::iq4::{signed_dot, table_i8_256};
 use super::{
     dot4_256, prefetch, prefetch_ahead_tiles, q23_quants256, q5_high256, q6_high256, xp, Xp,
 };
@@ -627,7 +628,7 @@ unsafe fn q23k_tile256<const NT: usize, const MT: usize, const Q3: bool>(
                 }; 2];
                 for h in 0..2 {
                     let hw = &mut hv[h];
-                    let sv = if jj % 2 == 0 {
+                    let sv = if jj.is_multiple_of(2) {
                         scv[m][h][jj / 2]
                     } else {
                         _mm256_srli_epi32::<16>(scv[m][h][jj / 2])
@@ -689,6 +690,97 @@ unsafe fn q23k_tile256<const NT: usize, const MT: usize, const Q3: bool>(
     store(&acc, out, stride);
 }
 
+/// IQ4_NL / IQ4_XS (`XS`) tiles, AVX2: `vpshufb` gives the signed table values `w`, then
+/// `vpmaddubsw(|w|, sign(x, w))` per granule (see `iq4.rs`); per block `(s dx) isum`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_tile256<const NT: usize, const MT: usize, const XS: bool>(
+    w: [*const u8; MT],
+    nb: usize,
+    x: &Xp<NT>,
+    out: [*mut f32; MT],
+    stride: usize,
+) {
+    let tbl = table_i8_256();
+    let m0f = _mm256_set1_epi8(0x0f);
+    let pf = prefetch_ahead_tiles(NT, XS);
+    let mut a = [[[_mm256_setzero_ps(); 8]; 2]; MT];
+    let mut acc = [[[[_mm256_setzero_ps(); GROUP]; 2]; NT]; MT];
+    let mut b0 = 0;
+    while b0 < nb {
+        let g = (nb - b0).min(GROUP);
+        lanes16!(j < g, {
+            let b = b0 + j;
+            for m in 0..MT {
+                let (sv, nib) = if XS {
+                    let sb = w[m].add(b / 8 * IQ4XS_TILE_SB);
+                    if j.is_multiple_of(8) {
+                        prefetch(sb, pf, IQ4XS_TILE_HDR);
+                        for h in 0..2 {
+                            let d = f16x8(sb.add(16 * h));
+                            let sh = _mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                sb.add(32 + 16 * h) as *const __m128i
+                            ));
+                            let sl = ld(sb.add(64 + 32 * h));
+                            for k in 0..8 {
+                                let c4 = _mm_cvtsi32_si128(4 * k as i32);
+                                let c2 = _mm_cvtsi32_si128(2 * k as i32);
+                                let lo = _mm256_and_si256(
+                                    _mm256_srl_epi32(sl, c4),
+                                    _mm256_set1_epi32(15),
+                                );
+                                let hi = _mm256_and_si256(
+                                    _mm256_srl_epi32(sh, c2),
+                                    _mm256_set1_epi32(3),
+                                );
+                                let ls = _mm256_or_si256(lo, _mm256_slli_epi32::<4>(hi));
+                                let sc = _mm256_sub_epi32(ls, _mm256_set1_epi32(32));
+                                a[m][h][k] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc));
+                            }
+                        }
+                    }
+                    (
+                        [a[m][0][j % 8], a[m][1][j % 8]],
+                        sb.add(IQ4XS_TILE_HDR + 256 * (j % 8)),
+                    )
+                } else {
+                    let rec = w[m].add(b * 288);
+                    ([f16x8(rec), f16x8(rec.add(16))], rec.add(32))
+                };
+                prefetch(nib, pf, 256);
+                let mut q = [[m0f; 8]; 2];
+                let mut qa = [[m0f; 8]; 2];
+                for h in 0..2 {
+                    for p in 0..4 {
+                        let v = ld(nib.add(64 * p + 32 * h));
+                        q[h][p] = _mm256_shuffle_epi8(tbl, _mm256_and_si256(v, m0f));
+                        q[h][p + 4] = _mm256_shuffle_epi8(
+                            tbl,
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), m0f),
+                        );
+                    }
+                    for k in 0..8 {
+                        qa[h][k] = _mm256_abs_epi8(q[h][k]);
+                    }
+                }
+                for t in 0..NT {
+                    let xb = xgranules(x.q[t], nb, b);
+                    let dx = _mm256_set1_ps(*x.d[t].add(b));
+                    for h in 0..2 {
+                        let mut is = signed_dot(qa[h][0], q[h][0], xb[0]);
+                        for k in 1..8 {
+                            is = _mm256_add_epi32(is, signed_dot(qa[h][k], q[h][k], xb[k]));
+                        }
+                        let v = _mm256_mul_ps(_mm256_mul_ps(sv[h], dx), _mm256_cvtepi32_ps(is));
+                        acc[m][t][h][j] = _mm256_add_ps(acc[m][t][h][j], v);
+                    }
+                }
+            }
+        });
+        b0 += g;
+    }
+    store(&acc, out, stride);
+}
+
 /// AVX2 over `MT` tiles read in block lockstep, for activation rows `t0..t0+nt`; writes
 /// `out[m][t * stride + r]` for `r < 16`.
 ///
@@ -723,5 +815,7 @@ pub(in super::super) unsafe fn tiles_avx2<const MT: usize>(
         WeightFormat::Q6K => go!(q6k_tile256),
         WeightFormat::Q3K => go!(q23k_tile256; true),
         WeightFormat::Q2K => go!(q23k_tile256; false),
+        WeightFormat::IQ4NL => go!(iq4_tile256; false),
+        WeightFormat::IQ4XS => go!(iq4_tile256; true),
     }
 }
