@@ -189,6 +189,17 @@ impl Rng {
     }
 }
 
+/// A signed 6-bit scale of magnitude 8..16 and random sign, biased by 32 (Q3_K, IQ4_XS).
+fn biased_scale(r: &mut Rng) -> u8 {
+    let mag = 8 + (r.next() % 8) as i32;
+    let sc = if r.next().is_multiple_of(2) {
+        mag
+    } else {
+        -mag
+    };
+    (32 + sc) as u8
+}
+
 /// Fill `out` with `n_blocks` random blocks of `ty`, deterministic in `seed`.
 fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
     let mut r = Rng::new(seed);
@@ -264,13 +275,7 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
                 let sc = &mut b[96..108];
                 sc.fill(0);
                 for j in 0..16 {
-                    let mag = 8 + (r.next() % 8) as i32;
-                    let v = (32
-                        + if r.next().is_multiple_of(2) {
-                            mag
-                        } else {
-                            -mag
-                        }) as u8;
+                    let v = biased_scale(&mut r);
                     if j < 8 {
                         sc[j] |= v & 0x0f;
                     } else {
@@ -309,13 +314,7 @@ fn gen_blocks(ty: GgmlType, spread: f32, seed: u64, out: &mut [u8]) {
                     b[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                     let (mut h, mut l) = (0u16, [0u8; 4]);
                     for j in 0..8 {
-                        let mag = 8 + (r.next() % 8) as i32;
-                        let ls = (32
-                            + if r.next().is_multiple_of(2) {
-                                mag
-                            } else {
-                                -mag
-                            }) as u8;
+                        let ls = biased_scale(&mut r);
                         l[j / 2] |= (ls & 0x0f) << (4 * (j % 2));
                         h |= u16::from(ls >> 4) << (2 * j);
                     }

@@ -12,7 +12,7 @@
 
 use std::arch::aarch64::*;
 
-use super::pack::lane_sub_scales;
+use super::pack::{lane_sub_scales, quant_base};
 use super::scalar::{block_msum, block_value, reduce16};
 use super::{QuantizedActs, WeightFormat, GROUP, QK, TILE};
 
@@ -97,21 +97,11 @@ unsafe fn weight_granule(
             vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32))
         }
         WeightFormat::IQ4NL | WeightFormat::IQ4XS => {
-            let base = if fmt == WeightFormat::IQ4NL {
-                2 * g
-            } else {
-                8 * (g / 8)
-            };
             let tbl = vld1q_s8(super::pack::IQ4_VALUES.as_ptr());
-            vqtbl1q_s8(tbl, nib(base))
+            vqtbl1q_s8(tbl, nib(quant_base(fmt, g)))
         }
         WeightFormat::Q3K | WeightFormat::Q2K => {
-            let s = g / 8;
-            let cr = if fmt == WeightFormat::Q3K {
-                14 * s
-            } else {
-                4 * s + 2 * g
-            };
+            let cr = quant_base(fmt, g);
             // Crumb granule `k / 4`, bits `2 (k % 4)..`; Q3_K's third bit is bit `k` of its
             // high-bit granule.
             let v = ld16(wg.add(cr + (k / 4) * 4 * g + 16 * c), n);

@@ -522,11 +522,7 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
             }
         }
         WeightFormat::IQ4NL | WeightFormat::IQ4XS => {
-            let base = if fmt == WeightFormat::IQ4NL {
-                2 * g
-            } else {
-                8 * (g / 8)
-            };
+            let base = quant_base(fmt, g);
             for j in 0..16 {
                 let byte = wg[base + (j / 4) * 4 * g + 4 * i + j % 4];
                 q[j] = i32::from(IQ4_VALUES[usize::from(byte & 0x0f)]);
@@ -534,12 +530,7 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
             }
         }
         WeightFormat::Q3K | WeightFormat::Q2K => {
-            let s = g / 8;
-            let cr = if fmt == WeightFormat::Q3K {
-                14 * s
-            } else {
-                4 * s + 2 * g
-            };
+            let cr = quant_base(fmt, g);
             for k in 0..QK {
                 let (c, m, e) = (k / 16, (k % 16) / 4, k % 4);
                 let low = (wg[cr + c * 4 * g + 4 * i + e] >> (2 * m)) & 3;
@@ -551,6 +542,21 @@ pub(crate) fn lane_ints(fmt: WeightFormat, wg: &[u8], g: usize, i: usize, q: &mu
                 };
             }
         }
+    }
+}
+
+/// Offset, in a rows-layout group of `g` blocks, of the first quant granule of the formats
+/// whose headers differ only in size: Q3_K / Q2_K (crumb granules), IQ4_NL / IQ4_XS (nibble
+/// granules).
+#[inline(always)]
+pub(crate) fn quant_base(fmt: WeightFormat, g: usize) -> usize {
+    let s = g / 8;
+    match fmt {
+        WeightFormat::Q3K => 14 * s,
+        WeightFormat::Q2K => 4 * s + 2 * g,
+        WeightFormat::IQ4NL => 2 * g,
+        WeightFormat::IQ4XS => 8 * s,
+        _ => unreachable!("{fmt:?} has its own section layout"),
     }
 }
 
