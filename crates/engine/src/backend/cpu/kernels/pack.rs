@@ -828,7 +828,8 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
             | WeightFormat::Q4_0
             | WeightFormat::Q4_1
             | WeightFormat::Q5_0
-            | WeightFormat::Q5_1 => {
+            | WeightFormat::Q5_1
+            | WeightFormat::IQ4NL => {
                 for i in 0..g {
                     let blk = &src[(b0 + i) * ts..(b0 + i + 1) * ts];
                     wg[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
@@ -838,7 +839,8 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                                 wg[2 * g + (k / 4) * 4 * g + 4 * i + k % 4] = blk[2 + k];
                             }
                         }
-                        WeightFormat::Q4_0 => {
+                        // IQ4_NL's block is Q4_0's (its nibbles are table indices).
+                        WeightFormat::Q4_0 | WeightFormat::IQ4NL => {
                             for j in 0..16 {
                                 wg[2 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[2 + j];
                             }
@@ -913,15 +915,6 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                     }
                 }
             }
-            WeightFormat::IQ4NL => {
-                for i in 0..g {
-                    let blk = &src[(b0 + i) * ts..(b0 + i + 1) * ts];
-                    wg[2 * i..2 * i + 2].copy_from_slice(&blk[0..2]);
-                    for j in 0..16 {
-                        wg[2 * g + (j / 4) * 4 * g + 4 * i + j % 4] = blk[2 + j];
-                    }
-                }
-            }
             WeightFormat::IQ4XS => {
                 let s = g / 8;
                 for sb in 0..s {
@@ -942,15 +935,14 @@ pub(crate) fn pack_row(fmt: WeightFormat, src: &[u8], dst: &mut [u8]) {
                 for sb in 0..s {
                     let blk = &src[(b0 / 8 + sb) * ts..(b0 / 8 + sb + 1) * ts];
                     unpack_q23k(fmt, blk, &mut q);
-                    let cr = if fmt == WeightFormat::Q3K {
+                    if fmt == WeightFormat::Q3K {
                         wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[108..110]);
                         wg[2 * s + 12 * sb..2 * s + 12 * sb + 12].copy_from_slice(&blk[96..108]);
-                        14 * s
                     } else {
                         wg[2 * sb..2 * sb + 2].copy_from_slice(&blk[80..82]);
                         wg[2 * s + 2 * sb..2 * s + 2 * sb + 2].copy_from_slice(&blk[82..84]);
-                        4 * s + 2 * g
-                    };
+                    }
+                    let cr = quant_base(fmt, g);
                     for j in 0..8 {
                         let i = 8 * sb + j;
                         let qb = &q[32 * j..32 * j + 32];

@@ -20,8 +20,9 @@ use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pack::{
-    f16_at, k4_scales_mins, k4_unpack, Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB, Q3K_TILE_HDR,
-    Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB, Q6K_TILE_SUB,
+    f16_at, k4_scales_mins, k4_unpack, quant_base, Q2K_TILE_HDR, Q2K_TILE_SB, Q2K_TILE_SUB,
+    Q3K_TILE_HDR, Q3K_TILE_SB, Q3K_TILE_SUB, Q4K_TILE_SB, Q5K_TILE_SB, Q5K_TILE_SUB, Q6K_TILE_SB,
+    Q6K_TILE_SUB,
 };
 use super::{QuantizedActs, WeightFormat, GROUP, QK};
 
@@ -791,7 +792,7 @@ unsafe fn q23k_512<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: 
                 sc_hi = _mm512_loadu_si512(hi.as_ptr() as *const _);
                 (mn_lo, mn_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 dm = _mm512_setzero_ps();
-                cr = wp.add(14 * s);
+                cr = wp.add(quant_base(WeightFormat::Q3K, g));
             } else {
                 let lo = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, wp.add(4 * s) as *const i8));
                 let hi =
@@ -801,7 +802,7 @@ unsafe fn q23k_512<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: 
                 mn_lo = _mm512_srli_epi32::<4>(lo);
                 mn_hi = _mm512_srli_epi32::<4>(hi);
                 dm = f16_per_superblock(wp.add(2 * s), s);
-                cr = wp.add(4 * s + 2 * g);
+                cr = wp.add(quant_base(WeightFormat::Q2K, g));
             }
             let c = [
                 _mm512_maskz_loadu_epi32(m, cr as *const i32),
@@ -1945,7 +1946,7 @@ unsafe fn q23k_256<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: 
                     sc_hi = _mm256_loadu_si256(hi.as_ptr() as *const __m256i);
                     (mn_lo, mn_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                     dm = _mm256_setzero_ps();
-                    cr = wp.add(14 * s + 32 * h);
+                    cr = wp.add(quant_base(WeightFormat::Q3K, g) + 32 * h);
                 } else {
                     let lo =
                         _mm256_cvtepu8_epi32(_mm_loadl_epi64(wp.add(4 * s + 8 * h) as *const _));
@@ -1957,7 +1958,7 @@ unsafe fn q23k_256<const NT: usize, const Q3: bool>(w: *const u8, nb: usize, x: 
                     mn_lo = _mm256_srli_epi32::<4>(lo);
                     mn_hi = _mm256_srli_epi32::<4>(hi);
                     dm = _mm256_set1_ps(f16_at(hdr, 2 * s + 2 * h));
-                    cr = wp.add(4 * s + 2 * g + 32 * h);
+                    cr = wp.add(quant_base(WeightFormat::Q2K, g) + 32 * h);
                 }
                 let c = [ld8(cr, n, mk), ld8(cr.add(4 * g), n, mk)];
                 let hb = if Q3 {

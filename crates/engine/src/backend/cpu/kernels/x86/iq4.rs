@@ -11,13 +11,22 @@
 
 use std::arch::x86_64::*;
 
-use super::super::pack::{f16_at, IQ4XS_TILE_HDR, IQ4XS_TILE_SB, IQ4_VALUES};
-use super::super::GROUP;
+use super::super::pack::{f16_at, quant_base, IQ4XS_TILE_HDR, IQ4XS_TILE_SB, IQ4_VALUES};
+use super::super::{WeightFormat, GROUP};
 use super::{
     f16x16, f16x8, lane_mask, ld8, ld8ps, mask16, prefetch, prefetch_ahead, prefetch_ahead_tiles,
     tree16, tree8, tree_tile, xbcast, xg8, xgran, Out, Xp,
 };
 use crate::quant::iq4_xs::scales_of;
+
+/// The format a kernel's `XS` switch selects.
+const fn fmt<const XS: bool>() -> WeightFormat {
+    if XS {
+        WeightFormat::IQ4XS
+    } else {
+        WeightFormat::IQ4NL
+    }
+}
 
 /// The table as unsigned bytes (`value + 128`) in every 128-bit lane.
 #[inline(always)]
@@ -65,14 +74,15 @@ pub(super) unsafe fn iq4_512<const NT: usize, const XS: bool>(
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            let gb = if XS { 136 * (g / 8) } else { 18 * g };
+            let gb = fmt::<XS>().group_bytes(g);
             prefetch(wp, pf, gb);
             let m = mask16(g);
-            let (sv, qp) = if XS {
+            let qp = wp.add(quant_base(fmt::<XS>(), g));
+            let sv = if XS {
                 let a = xs_lane_scales(wp, g / 8);
-                (_mm512_maskz_loadu_ps(m, a.as_ptr()), wp.add(g))
+                _mm512_maskz_loadu_ps(m, a.as_ptr())
             } else {
-                (f16x16(wp, m), wp.add(2 * g))
+                f16x16(wp, m)
             };
             let mut s0 = [_mm512_setzero_si512(); NT];
             let mut s1 = [_mm512_setzero_si512(); NT];
@@ -129,14 +139,14 @@ pub(super) unsafe fn iq4_256<const NT: usize, const XS: bool>(
         let (mut b0, mut wp) = (0, w);
         while b0 < nb {
             let g = (nb - b0).min(GROUP);
-            let gb = if XS { 136 * (g / 8) } else { 18 * g };
+            let gb = fmt::<XS>().group_bytes(g);
             prefetch(wp, pf, gb);
             let a = if XS {
                 xs_lane_scales(wp, g / 8)
             } else {
                 [0f32; GROUP]
             };
-            let qp = if XS { wp.add(g) } else { wp.add(2 * g) };
+            let qp = wp.add(quant_base(fmt::<XS>(), g));
             for h in 0..2 {
                 let n = g.saturating_sub(8 * h).min(8);
                 if n == 0 {
