@@ -411,6 +411,7 @@ pub fn run_suite(
                 speculative: None,
                 cancel: None,
                 logprobs: None,
+                sampling: Default::default(),
             };
             let mut s = engine.new_session();
             let g = generate(engine, &mut s, &ids, &req, |_| {})?;

@@ -40,6 +40,7 @@ fn serve(session: &mut Session, req: &Req) -> Trace {
             verify_width: 4,
             adaptive: false,
             max_batch: usize::MAX,
+            ..Default::default()
         };
         speculative(session, &mut d, &req.prompt, req.n, &opts, None, &mut on).unwrap();
     } else {

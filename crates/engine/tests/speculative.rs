@@ -1,5 +1,6 @@
 //! Speculative decoding emits exactly greedy's tokens: tiny fixtures at T = 2, 4, 8, several
-//! n-gram ranges, random prompts, with the exactness guard on.
+//! n-gram ranges, random prompts, with the exactness guard on. With seeded sampling it emits
+//! exactly plain sampling's tokens.
 
 mod common;
 
@@ -8,7 +9,8 @@ use verispec::backend::ComputePath;
 use verispec::engine::{Engine, LoadOptions};
 use verispec::generate::ngram::NgramDrafter;
 use verispec::generate::speculative::{speculative, SpecOptions};
-use verispec::generate::{greedy, Flow};
+use verispec::generate::sample::Sampling;
+use verispec::generate::{decode, greedy, Flow};
 
 fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut out = Vec::new();
@@ -112,6 +114,81 @@ fn speculative_equals_greedy_on_tiny_fixtures() {
     }
 }
 
+/// Plain decoding and speculative decoding under `sampling`: (plain, speculative, accepted).
+fn sampled_pair(
+    engine: &Engine,
+    prompt: &[u32],
+    n: usize,
+    width: usize,
+    sampling: &Sampling,
+) -> (Vec<u32>, Vec<u32>, usize) {
+    let mut plain = Vec::new();
+    let mut s = engine.new_session();
+    decode(&mut s, prompt, n, sampling, |t, _| {
+        plain.push(t);
+        Flow::Continue
+    })
+    .unwrap();
+    let mut spec = Vec::new();
+    let mut s = engine.new_session();
+    let mut shadow = engine.new_session();
+    let mut d = NgramDrafter::new(1, 8).unwrap();
+    let opts = SpecOptions {
+        verify_width: width,
+        adaptive: false,
+        sampling: sampling.clone(),
+        ..Default::default()
+    };
+    let (_, st) = speculative(&mut s, &mut d, prompt, n, &opts, Some(&mut shadow), |t, _| {
+        spec.push(t);
+        Flow::Continue
+    })
+    .unwrap();
+    (plain, spec, st.accepted)
+}
+
+#[test]
+fn speculative_sampling_equals_plain_sampling() {
+    for case in ["tiny-phi3", "tiny-llama"] {
+        let engine = fixture(case, ComputePath::Fast);
+        let prompts = [[10u32, 20, 30, 40, 50].repeat(4), lcg_prompt(5, 12, 2040)];
+        let greedy_out: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_ids(&engine, p, 80)).collect();
+        let mut accepted = 0;
+        let mut differs_from_greedy = false;
+        for (pi, prompt) in prompts.iter().enumerate() {
+            let mut by_seed = Vec::new();
+            for (temperature, top_k, top_p, min_p) in [
+                (0.3f32, 0, 1.0f32, 0.0f32),
+                (0.8, 0, 1.0, 0.0),
+                (1.0, 40, 0.9, 0.0),
+                (1.5, 0, 1.0, 0.05),
+            ] {
+                for seed in [1u64, 2] {
+                    let sampling = Sampling {
+                        temperature,
+                        top_k,
+                        top_p,
+                        min_p,
+                        seed,
+                    };
+                    for width in [2, 4, 8] {
+                        let (plain, spec, acc) = sampled_pair(&engine, prompt, 80, width, &sampling);
+                        assert_eq!(spec, plain, "{case} prompt {pi} T={width} {sampling:?}");
+                        accepted += acc;
+                        differs_from_greedy |= plain != greedy_out[pi];
+                        if width == 4 && temperature == 0.8 {
+                            by_seed.push(plain);
+                        }
+                    }
+                }
+            }
+            assert_ne!(by_seed[0], by_seed[1], "{case}: seeds 1 and 2 sampled the same tokens");
+        }
+        assert!(differs_from_greedy, "{case}: sampling never left the greedy path");
+        assert!(accepted > 0, "{case}: no sampled draft was accepted; the test proves nothing");
+    }
+}
+
 #[test]
 fn speculative_respects_max_tokens_and_stop() {
     let engine = fixture("tiny-llama", ComputePath::Fast);
@@ -201,6 +278,7 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
             speculative: None,
             cancel: None,
             logprobs: None,
+        sampling: Default::default(),
         };
         let greedy = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
         req.speculative = Some(Speculation {
@@ -266,6 +344,7 @@ fn smollm2_speculative_full_matrix() {
                 speculative: None,
                 cancel: None,
                 logprobs: None,
+            sampling: Default::default(),
             };
             let want = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
             for width in [2, 4, 8] {

@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 use verispec::chat::Message;
+use verispec::generate::sample::Sampling;
 
 /// An error as the client sees it: `{"error": {"message", "type", "code"}}` with this status.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +76,10 @@ pub struct Options {
     pub speculative: bool,
     /// Log-probabilities of the generated tokens, with this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Greedy (temperature 0, the default) or seeded sampling. `seed` is None when the
+    /// request gave none: the server draws one per request.
+    pub sampling: Sampling,
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -350,25 +355,38 @@ fn parse_options(
             },
         }
     }
-    match number(obj, "temperature")? {
-        None => {}
-        Some(0.0) => {}
-        Some(t) if (0.0..=2.0).contains(&t) => {
-            return Err(ApiError::bad(format!(
-                "'temperature' {t}: this server decodes greedily (exact), so temperature must be 0"
-            )))
-        }
-        Some(t) => {
+    let mut sampling = Sampling::greedy();
+    if let Some(t) = number(obj, "temperature")? {
+        if !(0.0..=2.0).contains(&t) {
             return Err(ApiError::bad(format!(
                 "'temperature' must be between 0 and 2, got {t}"
-            )))
+            )));
         }
+        sampling.temperature = t as f32;
     }
-    // With greedy decoding top_p changes nothing; only its range is checked.
     if let Some(p) = number(obj, "top_p")? {
         if !(p > 0.0 && p <= 1.0) {
             return Err(ApiError::bad(format!("'top_p' must be in (0, 1], got {p}")));
         }
+        sampling.top_p = p as f32;
+    }
+    if let Some(p) = number(obj, "min_p")? {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::bad(format!("'min_p' must be in [0, 1], got {p}")));
+        }
+        sampling.min_p = p as f32;
+    }
+    // top_k: 0 or -1 keep every token (llama.cpp's and vLLM's "off").
+    match obj.get("top_k") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_i64() {
+            Some(k) if k >= -1 => sampling.top_k = usize::try_from(k).unwrap_or(0),
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "'top_k' must be an integer >= -1 (0 or -1: off), got {v}"
+                )))
+            }
+        },
     }
     for key in ["presence_penalty", "frequency_penalty"] {
         if let Some(x) = number(obj, key)? {
@@ -430,11 +448,15 @@ fn parse_options(
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::bad("'stop' strings must not be empty"));
     }
-    if let Some(v) = obj.get("seed") {
-        if !v.is_null() && v.as_i64().is_none() && v.as_u64().is_none() {
-            return Err(ApiError::bad("'seed' must be an integer"));
-        }
-    }
+    // Any 64-bit integer; negative seeds are taken by their two's-complement bits.
+    let seed = match obj.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => match (v.as_u64(), v.as_i64()) {
+            (Some(u), _) => Some(u),
+            (None, Some(i)) => Some(i as u64),
+            _ => return Err(ApiError::bad("'seed' must be an integer")),
+        },
+    };
     Ok(Options {
         model,
         max_tokens,
@@ -444,6 +466,8 @@ fn parse_options(
         ignore_eos: flag(obj, "ignore_eos")?.unwrap_or(false),
         speculative: flag(obj, "speculative")?.unwrap_or(true),
         logprobs: None,
+        sampling,
+        seed,
     })
 }
 

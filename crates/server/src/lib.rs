@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use verispec::chat::ChatTemplate;
 use verispec::engine::Engine;
 use verispec::generate::request::{GenRequest, Speculation};
+use verispec::generate::sample::{fresh_seed, Sampling};
 use verispec::generate::TokenLogprob;
 use verispec::tokenizer::Tokenizer;
 
@@ -503,6 +504,10 @@ fn prepare(
         speculative: opts.speculative.then(Speculation::default),
         cancel: Some(cancel.clone()),
         logprobs: opts.logprobs,
+        sampling: Sampling {
+            seed: opts.seed.unwrap_or_else(fresh_seed),
+            ..opts.sampling.clone()
+        },
     };
     let meta = Meta {
         id: id.to_string(),

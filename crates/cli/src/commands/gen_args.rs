@@ -1,6 +1,7 @@
 //! Generation options shared by `run` and `chat`.
 
 use verispec::generate::request::{GenRequest, Speculation};
+use verispec::generate::sample::{fresh_seed, Sampling};
 
 use crate::common::{CliError, CliResult};
 
@@ -34,6 +35,22 @@ pub struct GenArgs {
     /// difference with the position and both logit rows.
     #[arg(long)]
     pub exactness_guard: bool,
+    /// Sampling temperature; 0 (the default) is greedy. With --speculative the output is
+    /// still token for token that of plain decoding with the same --seed.
+    #[arg(long = "temp", alias = "temperature", default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the most likely tokens until their probability reaches P (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep tokens at least P times as likely as the most likely (0: all).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Seed of the sampling draws (default: a fresh one, printed with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 impl GenArgs {
@@ -65,6 +82,14 @@ impl GenArgs {
             }
             None
         };
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed.unwrap_or_else(fresh_seed),
+        };
+        sampling.check().map_err(CliError::usage)?;
         Ok(GenRequest {
             max_tokens: self.n,
             ignore_eos: self.ignore_eos,
@@ -72,6 +97,7 @@ impl GenArgs {
             speculative,
             cancel: None,
             logprobs: None,
+        sampling: Default::default(),
         })
     }
 }

@@ -68,12 +68,16 @@ pub fn run(a: Args) -> CliResult {
         }
     })?;
     if a.json {
-        return print_json(&json!({
+        let mut j = json!({
             "prompt_ids": prompt_ids,
             "generated_ids": out.generated_ids,
             "text": out.text,
             "stats": out.stats_json(),
-        }));
+        });
+        if !req.sampling.is_greedy() {
+            j["seed"] = req.sampling.seed.into();
+        }
+        return print_json(&j);
     }
     println!();
     let s = &out.stats;

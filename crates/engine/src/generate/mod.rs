@@ -1,19 +1,22 @@
-//! Generation loops: greedy decoding (and, in `speculative`, drafting + block verification).
+//! Generation loops: greedy decoding or seeded sampling (`sample`), and, in `speculative`,
+//! drafting + block verification.
 //!
-//! Loops work on token ids and report each new token, with the logits row it is the argmax of,
+//! Loops work on token ids and report each new token, with the logits row it was chosen from,
 //! to a callback, which decides whether to go on (end-of-generation and stop strings are the
 //! caller's policy, see `StopPolicy`).
 
 pub mod ngram;
 pub mod request;
+pub mod sample;
 pub mod speculative;
 pub mod stop;
 
 use std::time::Instant;
 
-use crate::engine::{argmax, Session};
+use crate::engine::Session;
 use crate::model::LogitRows;
 use crate::EngineError;
+use sample::Sampling;
 
 /// What the callback tells the loop after each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,18 @@ pub fn greedy(
     session: &mut Session,
     prompt: &[u32],
     max_new: usize,
+    on_token: impl FnMut(u32, &[f32]) -> Flow,
+) -> Result<GenStats, EngineError> {
+    decode(session, prompt, max_new, &Sampling::greedy(), on_token)
+}
+
+/// [`greedy`] with any token choice: prefill, then one token per step, each chosen by
+/// `sampling` from its logits row and position.
+pub fn decode(
+    session: &mut Session,
+    prompt: &[u32],
+    max_new: usize,
+    sampling: &Sampling,
     mut on_token: impl FnMut(u32, &[f32]) -> Flow,
 ) -> Result<GenStats, EngineError> {
     if prompt.is_empty() {
@@ -85,7 +100,7 @@ pub fn greedy(
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for i in 0..max_new {
-        let tok = argmax(&logits);
+        let tok = sampling.pick(&logits, session.tokens().len());
         stats.n_generated += 1;
         if on_token(tok, &logits) == Flow::Stop || i + 1 == max_new {
             break;
@@ -136,6 +151,7 @@ pub fn token_logprob(row: &[f32], id: u32, top: usize) -> TokenLogprob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::argmax;
 
     #[test]
     fn logprobs_normalize_and_rank_like_the_argmax() {

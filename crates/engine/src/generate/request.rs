@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::ngram::NgramDrafter;
+use super::sample::Sampling;
 use super::speculative::{speculative, SpecOptions, SpecStats};
 use super::stop::TextStream;
-use super::{greedy, token_logprob, Flow, GenStats, TokenLogprob};
+use super::{decode, token_logprob, Flow, GenStats, TokenLogprob};
 use crate::engine::{Engine, Session};
 use crate::EngineError;
 
@@ -47,6 +48,8 @@ pub struct GenRequest {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Record each generated token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Greedy (the default) or seeded sampling; speculation reproduces either exactly.
+    pub sampling: Sampling,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +126,7 @@ pub fn generate_with(
     req: &GenRequest,
     mut on_event: impl FnMut(GenEvent),
 ) -> Result<GenOutput, EngineError> {
+    req.sampling.check().map_err(EngineError::BadInput)?;
     let tok = &engine.tokenizer;
     let mut stream = TextStream::new(
         tok.eog_ids().iter().copied().collect(),
@@ -160,7 +164,13 @@ pub fn generate_with(
     };
     let (stats, spec) = match &req.speculative {
         None => (
-            greedy(session, prompt, req.max_tokens, &mut on_token)?,
+            decode(
+                session,
+                prompt,
+                req.max_tokens,
+                &req.sampling,
+                &mut on_token,
+            )?,
             None,
         ),
         Some(sp) => {
@@ -170,6 +180,7 @@ pub fn generate_with(
                 verify_width: sp.verify_width,
                 adaptive: sp.adaptive,
                 max_batch: sp.max_batch,
+                sampling: req.sampling.clone(),
             };
             let mut shadow = if sp.exactness_guard {
                 let mut s = engine.new_session();

@@ -1,15 +1,17 @@
-//! Exact speculative decoding: a drafter proposes, one T-row verify pass checks, greedy
-//! accept/reject keeps the longest prefix of drafts that equals the argmax chain plus the bonus
-//! token, and the KV rows of rejected positions are rolled back.
+//! Exact speculative decoding: a drafter proposes, one T-row verify pass checks, accept/reject
+//! keeps the longest prefix of drafts that equals the chain of chosen tokens (the argmax, or
+//! `sample`'s position-keyed draw) plus the bonus token, and the KV rows of rejected positions
+//! are rolled back.
 //!
 //! Exactness: the verify pass runs the same batch-invariant kernels as a single-token step, so
 //! row i of the pass has the same bits as the single step at that position. The emitted tokens
-//! are therefore exactly greedy's. `--exactness-guard` re-checks this at run time on a shadow
+//! are therefore exactly those of plain decoding (greedy, or sampling with the same seed). `--exactness-guard` re-checks this at run time on a shadow
 //! session.
 
 use std::time::Instant;
 
 use super::ngram::Drafter;
+use super::sample::Sampling;
 use super::{Flow, GenStats};
 use crate::engine::{argmax, Session};
 use crate::model::LogitRows;
@@ -27,6 +29,10 @@ pub struct SpecOptions {
     /// sequences in the pass, draft rows mostly slow everyone down (BENCHMARKS.md "Fifth
     /// session"; vLLM's `speculative_disable_by_batch_size` is the same rule).
     pub max_batch: usize,
+    /// How each token is chosen from its row (greedy by default). A verify row has the bits
+    /// of the single step, and a draw depends only on the row and the position, so the
+    /// emitted tokens are those of plain decoding with the same `Sampling`.
+    pub sampling: Sampling,
 }
 
 /// See `SpecOptions::max_batch`.
@@ -38,6 +44,7 @@ impl Default for SpecOptions {
             verify_width: 4,
             adaptive: true,
             max_batch: DEFAULT_MAX_BATCH,
+            sampling: Sampling::greedy(),
         }
     }
 }
@@ -179,7 +186,8 @@ impl Controller {
     }
 }
 
-/// Speculative greedy decoding. Emits exactly the tokens `greedy` would, through `on_token`.
+/// Speculative decoding. Emits exactly the tokens `decode` would with `opts.sampling` (`greedy`
+/// by default), through `on_token`.
 /// With `guard`, every accepted token is recomputed on `guard`'s shadow session with single
 /// steps and compared bit for bit; the first divergence aborts with `EngineError::Exactness`.
 pub fn speculative(
@@ -227,7 +235,7 @@ pub fn speculative(
     if max_new == 0 {
         return Ok((stats, spec));
     }
-    let mut last = argmax(&logits);
+    let mut last = opts.sampling.pick(&logits, session.tokens().len());
     stats.n_generated = 1;
     drafter.observe(&[last]);
     if on_token(last, &logits) == Flow::Stop || max_new == 1 {
@@ -268,8 +276,9 @@ pub fn speculative(
         let tp = Instant::now();
         let rows = session.forward(&block, LogitRows::All)?;
         let v = session.cfg.n_vocab;
+        // Row i predicts the token at position pos0 + i + 1.
         let preds: Vec<u32> = (0..block.len())
-            .map(|i| argmax(&rows[i * v..(i + 1) * v]))
+            .map(|i| opts.sampling.pick(&rows[i * v..(i + 1) * v], pos0 + i + 1))
             .collect();
         let mut accepted = 0;
         while accepted < k && block[accepted + 1] == preds[accepted] {
@@ -299,8 +308,8 @@ pub fn speculative(
             }
         }
 
-        // Emit accepted drafts, then the bonus token (the argmax after the last accepted row).
-        // Token j is the argmax of row j (accepted drafts equal the predictions).
+        // Emit accepted drafts, then the bonus token (the choice after the last accepted row).
+        // Token j is the choice of row j (accepted drafts equal the predictions).
         let emitted: Vec<u32> = block[1..=accepted]
             .iter()
             .copied()

@@ -960,7 +960,14 @@ fn large_tiled_matrices_match_the_row_dot_for_every_t() {
 fn tiled_prefill_speed() {
     let (n_out, n_in, n_rows) = (1024, 3072, 64);
     let x = QuantizedActs::quantize(&gen_acts(n_rows, n_in, 5), n_rows, n_in);
+    // `VERISPEC_BENCH_TYPES=q5_K,iq4_xs` times only those types.
+    let only = std::env::var("VERISPEC_BENCH_TYPES").ok();
     for ty in native_types() {
+        if let Some(only) = &only {
+            if !only.split(',').any(|o| o == ty.to_string()) {
+                continue;
+            }
+        }
         let w = PackedMatrix::from_ggml_layout(
             ty,
             &gen_tensor(ty, n_out, n_in, 3),
