@@ -207,6 +207,56 @@ fn missing_default_model_names_the_fetch_command() {
 }
 
 #[test]
+fn run_samples_with_a_seed_and_speculation_keeps_the_tokens() {
+    let ids = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            TINY,
+            "--prompt",
+            "abc abc abc",
+            "-n",
+            "40",
+            "--ignore-eos",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)
+    };
+    let greedy = ids(&[]);
+    assert!(greedy.get("seed").is_none(), "greedy runs print no seed");
+    let a = ids(&["--temp", "0.8", "--seed", "5"]);
+    assert_eq!(a["seed"], 5);
+    assert_ne!(a["generated_ids"], greedy["generated_ids"]);
+    for extra in [
+        &["--temp", "0.8", "--seed", "5"][..],
+        &["--temperature", "0.8", "--seed", "5", "--speculative"][..],
+        &[
+            "--temp",
+            "0.8",
+            "--seed",
+            "5",
+            "--speculative",
+            "--verify-width",
+            "8",
+        ][..],
+    ] {
+        assert_eq!(ids(extra)["generated_ids"], a["generated_ids"], "{extra:?}");
+    }
+    assert_ne!(
+        ids(&["--temp", "0.8", "--seed", "6"])["generated_ids"],
+        a["generated_ids"]
+    );
+    // Without --seed a fresh one is drawn and printed; giving it back reproduces the run.
+    let fresh = ids(&["--temp", "0.8", "--top-k", "50"]);
+    let seed = fresh["seed"].as_u64().expect("a printed seed").to_string();
+    let again = ids(&["--temp", "0.8", "--top-k", "50", "--seed", &seed]);
+    assert_eq!(again["generated_ids"], fresh["generated_ids"]);
+}
+
+#[test]
 fn usage_errors_exit_2() {
     for args in [
         vec!["run"],
@@ -222,6 +272,9 @@ fn usage_errors_exit_2() {
         ],
         vec!["bogus-command"],
         vec!["run", "--model", TINY, "--prompt", "x", "--device", "tpu"],
+        vec!["run", "--model", TINY, "--prompt", "x", "--temp", "-1"],
+        vec!["run", "--model", TINY, "--prompt", "x", "--top-p", "0"],
+        vec!["run", "--model", TINY, "--prompt", "x", "--min-p", "1.5"],
     ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));

@@ -141,6 +141,11 @@ fn post_to(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 
 /// `verispec run --json` on the same prompt: the server must produce the same text.
 fn run_text(prompt: &str, n: usize, chat: bool) -> String {
+    run_text_with(prompt, n, chat, &[])
+}
+
+/// [`run_text`] with more `run` arguments.
+fn run_text_with(prompt: &str, n: usize, chat: bool, extra: &[&str]) -> String {
     let mut args = vec![
         "run".to_string(),
         "--model".into(),
@@ -154,6 +159,7 @@ fn run_text(prompt: &str, n: usize, chat: bool) -> String {
     if chat {
         args.push("--chat".into());
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let o = Command::new(env!("CARGO_BIN_EXE_verispec"))
         .current_dir(workspace())
         .args(&args)
@@ -397,6 +403,52 @@ fn completions_and_chat_equal_run_whole_and_streamed() {
 }
 
 #[test]
+fn sampling_is_seeded_and_speculation_keeps_it() {
+    let s = start(&[]);
+    let prompt = "Once upon a time";
+    let body = |seed: u64, speculative: bool| {
+        json!({"prompt": prompt, "max_tokens": 32, "temperature": 0.9, "top_p": 0.95,
+               "seed": seed, "speculative": speculative})
+    };
+    let text = |seed, speculative| {
+        let (code, r) = post(&s, "/v1/completions", &body(seed, speculative));
+        assert_eq!(code, 200, "{r}");
+        r["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let a = text(7, true);
+    // The same seed again (a cached prompt now), without speculation, and through `run`.
+    assert_eq!(text(7, true), a);
+    assert_eq!(text(7, false), a);
+    let cli = run_text_with(
+        prompt,
+        32,
+        false,
+        &[
+            "--temp",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--seed",
+            "7",
+            "--speculative",
+        ],
+    );
+    assert_eq!(cli, a);
+    // Another seed samples another text; greedy is a third.
+    let b = text(8, true);
+    assert_ne!(a, b, "seeds 7 and 8 gave the same text");
+    assert_ne!(a, run_text(prompt, 32, false));
+    // The chat endpoint takes the same options.
+    let (code, r) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8,
+                "temperature": 0.7, "top_k": 20, "seed": 1}),
+    );
+    assert_eq!(code, 200, "{r}");
+}
+
+#[test]
 fn bad_requests_get_clear_4xx_and_the_server_survives() {
     let s = start(&["--ctx", "64"]);
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
@@ -417,7 +469,7 @@ fn bad_requests_get_clear_4xx_and_the_server_survives() {
         (
             "POST",
             "/v1/completions",
-            br#"{"prompt":"x","temperature":0.7}"#.to_vec(),
+            br#"{"prompt":"x","temperature":3}"#.to_vec(),
             400,
             "temperature",
         ),

@@ -83,7 +83,7 @@ fn gen_on(engine: &Engine, s: &mut Session, prompt: &str, spec: bool) -> Vec<u32
         }),
         cancel: None,
         logprobs: None,
-    sampling: Default::default(),
+        sampling: Default::default(),
     };
     generate(engine, s, &ids, &req, |_| {})
         .unwrap()

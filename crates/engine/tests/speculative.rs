@@ -8,8 +8,8 @@ use common::fixture;
 use verispec::backend::ComputePath;
 use verispec::engine::{Engine, LoadOptions};
 use verispec::generate::ngram::NgramDrafter;
-use verispec::generate::speculative::{speculative, SpecOptions};
 use verispec::generate::sample::Sampling;
+use verispec::generate::speculative::{speculative, SpecOptions};
 use verispec::generate::{decode, greedy, Flow};
 
 fn greedy_ids(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -139,10 +139,18 @@ fn sampled_pair(
         sampling: sampling.clone(),
         ..Default::default()
     };
-    let (_, st) = speculative(&mut s, &mut d, prompt, n, &opts, Some(&mut shadow), |t, _| {
-        spec.push(t);
-        Flow::Continue
-    })
+    let (_, st) = speculative(
+        &mut s,
+        &mut d,
+        prompt,
+        n,
+        &opts,
+        Some(&mut shadow),
+        |t, _| {
+            spec.push(t);
+            Flow::Continue
+        },
+    )
     .unwrap();
     (plain, spec, st.accepted)
 }
@@ -152,7 +160,8 @@ fn speculative_sampling_equals_plain_sampling() {
     for case in ["tiny-phi3", "tiny-llama"] {
         let engine = fixture(case, ComputePath::Fast);
         let prompts = [[10u32, 20, 30, 40, 50].repeat(4), lcg_prompt(5, 12, 2040)];
-        let greedy_out: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_ids(&engine, p, 80)).collect();
+        let greedy_out: Vec<Vec<u32>> =
+            prompts.iter().map(|p| greedy_ids(&engine, p, 80)).collect();
         let mut accepted = 0;
         let mut differs_from_greedy = false;
         for (pi, prompt) in prompts.iter().enumerate() {
@@ -172,7 +181,8 @@ fn speculative_sampling_equals_plain_sampling() {
                         seed,
                     };
                     for width in [2, 4, 8] {
-                        let (plain, spec, acc) = sampled_pair(&engine, prompt, 80, width, &sampling);
+                        let (plain, spec, acc) =
+                            sampled_pair(&engine, prompt, 80, width, &sampling);
                         assert_eq!(spec, plain, "{case} prompt {pi} T={width} {sampling:?}");
                         accepted += acc;
                         differs_from_greedy |= plain != greedy_out[pi];
@@ -182,10 +192,19 @@ fn speculative_sampling_equals_plain_sampling() {
                     }
                 }
             }
-            assert_ne!(by_seed[0], by_seed[1], "{case}: seeds 1 and 2 sampled the same tokens");
+            assert_ne!(
+                by_seed[0], by_seed[1],
+                "{case}: seeds 1 and 2 sampled the same tokens"
+            );
         }
-        assert!(differs_from_greedy, "{case}: sampling never left the greedy path");
-        assert!(accepted > 0, "{case}: no sampled draft was accepted; the test proves nothing");
+        assert!(
+            differs_from_greedy,
+            "{case}: sampling never left the greedy path"
+        );
+        assert!(
+            accepted > 0,
+            "{case}: no sampled draft was accepted; the test proves nothing"
+        );
     }
 }
 
@@ -278,7 +297,7 @@ fn smollm2_speculative_equals_greedy_on_goldens_and_suites() {
             speculative: None,
             cancel: None,
             logprobs: None,
-        sampling: Default::default(),
+            sampling: Default::default(),
         };
         let greedy = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
         req.speculative = Some(Speculation {
@@ -344,7 +363,7 @@ fn smollm2_speculative_full_matrix() {
                 speculative: None,
                 cancel: None,
                 logprobs: None,
-            sampling: Default::default(),
+                sampling: Default::default(),
             };
             let want = generate(&engine, &mut engine.new_session(), &ids, &req, |_| {}).unwrap();
             for width in [2, 4, 8] {

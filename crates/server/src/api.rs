@@ -571,9 +571,14 @@ mod tests {
         for (body, field) in [
             (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
             (r#"{"prompt":"x","max_tokens":"9"}"#, "max_tokens"),
-            (r#"{"prompt":"x","temperature":0.7}"#, "temperature"),
             (r#"{"prompt":"x","temperature":5}"#, "temperature"),
+            (r#"{"prompt":"x","temperature":-1}"#, "temperature"),
             (r#"{"prompt":"x","top_p":0}"#, "top_p"),
+            (r#"{"prompt":"x","top_k":-2}"#, "top_k"),
+            (r#"{"prompt":"x","top_k":1.5}"#, "top_k"),
+            (r#"{"prompt":"x","min_p":2}"#, "min_p"),
+            (r#"{"prompt":"x","seed":"7"}"#, "seed"),
+            (r#"{"prompt":"x","seed":1.5}"#, "seed"),
             (r#"{"prompt":"x","n":2}"#, "'n'"),
             (r#"{"prompt":"x","best_of":3}"#, "best_of"),
             (r#"{"prompt":"x","stop":[1]}"#, "stop"),
@@ -591,6 +596,21 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
             assert!(e.message.contains(field), "{body}: {}", e.message);
         }
+        let o = completion(
+            r#"{"prompt":"x","temperature":0.7,"top_k":40,"top_p":0.9,"min_p":0.05,"seed":-1}"#,
+        )
+        .unwrap()
+        .options;
+        let want = Sampling {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            seed: 0,
+        };
+        assert_eq!((o.sampling, o.seed), (want, Some(u64::MAX)));
+        let o = completion(r#"{"prompt":"x","top_k":-1}"#).unwrap().options;
+        assert_eq!((o.sampling, o.seed), (Sampling::greedy(), None));
         assert_eq!(
             completion(r#"{"prompt":"x","logprobs":3}"#)
                 .unwrap()

@@ -97,7 +97,7 @@ impl GenArgs {
             speculative,
             cancel: None,
             logprobs: None,
-        sampling: Default::default(),
+            sampling,
         })
     }
 }

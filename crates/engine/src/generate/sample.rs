@@ -11,7 +11,8 @@
 //! The filters act on the temperature-scaled distribution, in this order: `top_k` keeps the k
 //! most likely tokens, `top_p` the smallest most-likely set whose probability reaches p (after
 //! `top_k`), `min_p` the tokens at least `min_p` times as likely as the most likely one. The
-//! draw walks the kept tokens in id order. Sums are f64, in id order.
+//! draw walks the kept tokens in id order. Weights are f32 from the attention softmax's
+//! exponential (the same bits on every path and machine); sums are f64, in id order.
 
 use crate::engine::argmax;
 
@@ -78,49 +79,42 @@ impl Sampling {
         if self.is_greedy() || row.len() <= 1 {
             return argmax(row);
         }
-        let kept = self.kept(row);
-        // Weights relative to the most likely token: exp((l - max) / T), in f64.
-        let max = row[argmax(row) as usize] as f64;
-        let t = self.temperature as f64;
-        let weight = |i: usize| {
-            let l = row[i] as f64;
-            if l.is_nan() {
-                0.0
-            } else {
-                ((l - max) / t).exp()
-            }
-        };
+        let w = self.weights(row);
         let draw = uniform(self.seed, pos);
-        match kept {
-            None => walk((0..row.len()).map(|i| (i, weight(i))), draw),
-            Some(ids) => walk(ids.iter().map(|&i| (i as usize, weight(i as usize))), draw),
+        match self.kept(row, &w) {
+            None => walk(w.iter().enumerate().map(|(i, &x)| (i, x)), draw),
+            Some(ids) => walk(ids.iter().map(|&i| (i as usize, w[i as usize])), draw),
         }
         .unwrap_or_else(|| argmax(row))
     }
 
+    /// exp(l / T - max / T) for every logit l: weights relative to the most likely token
+    /// (which weighs exactly 1), with the attention softmax's exponential.
+    fn weights(&self, row: &[f32]) -> Vec<f32> {
+        let inv = 1.0 / self.temperature;
+        let mut w: Vec<f32> = row.iter().map(|&l| l * inv).collect();
+        let max = row[argmax(row) as usize] * inv;
+        crate::backend::cpu::exp_sub_max(&mut w, max);
+        w
+    }
+
     /// The ids the filters keep, ascending; `None` when no filter is on (every id).
-    fn kept(&self, row: &[f32]) -> Option<Vec<u32>> {
+    fn kept(&self, row: &[f32], w: &[f32]) -> Option<Vec<u32>> {
         let n = row.len();
         let filters = (self.top_k > 0 && self.top_k < n) || self.top_p < 1.0 || self.min_p > 0.0;
         if !filters {
             return None;
         }
-        let max = row[argmax(row) as usize] as f64;
-        let t = self.temperature as f64;
-        let w = |l: f32| {
-            let l = l as f64;
-            if l.is_nan() {
-                0.0
+        let wt = |i: u32| {
+            let x = w[i as usize] as f64;
+            if x > 0.0 {
+                x
             } else {
-                ((l - max) / t).exp()
+                0.0
             }
         };
         // Most likely first, ties to the lowest id: a total order, so the result is unique.
-        let order = |a: &u32, b: &u32| {
-            row[*b as usize]
-                .total_cmp(&row[*a as usize])
-                .then(a.cmp(b))
-        };
+        let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
         let mut ids: Vec<u32> = (0..n as u32).collect();
         if self.top_k > 0 && self.top_k < n {
             ids.select_nth_unstable_by(self.top_k - 1, order);
@@ -128,22 +122,18 @@ impl Sampling {
             ids.sort_unstable();
         }
         if self.top_p < 1.0 {
-            let z: f64 = ids.iter().map(|&i| w(row[i as usize])).sum();
+            let z: f64 = ids.iter().map(|&i| wt(i)).sum();
             let need = self.top_p as f64 * z;
             // The nucleus lies within the ids whose weight is at least (1 - p) z / n: the ids
             // below that bound weigh less than (1 - p) z together, so a prefix reaching p z
             // never needs them. Only the ids above it are sorted.
             let floor = (1.0 - self.top_p as f64) * z / ids.len() as f64;
-            let mut cand: Vec<u32> = ids
-                .iter()
-                .copied()
-                .filter(|&i| w(row[i as usize]) >= floor)
-                .collect();
+            let mut cand: Vec<u32> = ids.iter().copied().filter(|&i| wt(i) >= floor).collect();
             cand.sort_unstable_by(order);
             let mut cum = 0.0;
             let mut end = cand.len();
             for (j, &i) in cand.iter().enumerate() {
-                cum += w(row[i as usize]);
+                cum += wt(i);
                 if cum >= need {
                     end = j + 1;
                     break;
@@ -155,7 +145,7 @@ impl Sampling {
         }
         if self.min_p > 0.0 {
             let floor = self.min_p as f64;
-            ids.retain(|&i| w(row[i as usize]) >= floor);
+            ids.retain(|&i| wt(i) >= floor);
         }
         if ids.is_empty() {
             // Only possible with NaN rows: fall back to the argmax.
@@ -165,9 +155,11 @@ impl Sampling {
     }
 }
 
-/// The id where the running sum of `weights` passes `draw` times their total.
-fn walk(weights: impl Iterator<Item = (usize, f64)> + Clone, draw: f64) -> Option<u32> {
-    let z: f64 = weights.clone().map(|(_, w)| w).sum();
+/// The id where the running sum of `weights` (f64, in the order given; NaN and non-positive
+/// weights count as 0) passes `draw` times their total.
+fn walk(weights: impl Iterator<Item = (usize, f32)> + Clone, draw: f64) -> Option<u32> {
+    let pos = |x: f32| if x > 0.0 { x as f64 } else { 0.0 };
+    let z: f64 = weights.clone().map(|(_, w)| pos(w)).sum();
     if !(z > 0.0 && z.is_finite()) {
         return None;
     }
@@ -175,7 +167,8 @@ fn walk(weights: impl Iterator<Item = (usize, f64)> + Clone, draw: f64) -> Optio
     let mut cum = 0.0;
     let mut last = None;
     for (i, w) in weights {
-        if w <= 0.0 {
+        let w = pos(w);
+        if w == 0.0 {
             continue;
         }
         cum += w;
@@ -287,7 +280,10 @@ mod tests {
             ..sampling(1.0, 1)
         };
         let f = freqs(&s, &ROW, n);
-        assert!(f[0] + f[2] + f[3] + f[4] == 0.0 && (f[1] - 0.5).abs() < 0.02, "{f:?}");
+        assert!(
+            f[0] + f[2] + f[3] + f[4] == 0.0 && (f[1] - 0.5).abs() < 0.02,
+            "{f:?}"
+        );
         // top_k 3 with a tie at the bound: 1, 5 and then 3 (2.0).
         let s = Sampling {
             top_k: 3,
@@ -309,7 +305,11 @@ mod tests {
         };
         assert_eq!(kept(0.5), vec![1, 5]);
         assert_eq!(kept(0.7), vec![1, 3, 5]);
-        assert_eq!(kept(0.01), vec![1], "a tie at the top goes to the lowest id first");
+        assert_eq!(
+            kept(0.01),
+            vec![1],
+            "a tie at the top goes to the lowest id first"
+        );
         assert_eq!(kept(1.0), vec![0, 1, 2, 3, 4, 5]);
         // min_p 0.5: weights relative to the best: e^-0.5 = 0.61 for 2.0, e^-1.5 for 1.0.
         let s = Sampling {
@@ -339,7 +339,7 @@ mod tests {
                 top_p,
                 ..sampling(0.7, 2)
             };
-            let kept = s.kept(&row).unwrap();
+            let kept = s.kept(&row, &s.weights(&row)).unwrap();
             // Reference: sort everything.
             let p = softmax(&row, 0.7);
             let mut all: Vec<usize> = (0..row.len()).collect();
@@ -361,7 +361,10 @@ mod tests {
                 kept.len(),
                 want.len()
             );
-            let common = kept.iter().filter(|i| want.binary_search(i).is_ok()).count();
+            let common = kept
+                .iter()
+                .filter(|i| want.binary_search(i).is_ok())
+                .count();
             assert!(common + 1 >= kept.len().max(want.len()));
         }
         // -inf logits are never drawn; a NaN row falls back to the argmax rule.

@@ -8,6 +8,12 @@ pub mod kernels;
 pub mod pool;
 mod softmax_exp;
 
+/// `s[j] = exp(s[j] - max)` for `max` at least every `s[j]`: the attention softmax's
+/// exponential, the same bits on every kernel path and machine (no libm).
+pub(crate) fn exp_sub_max(s: &mut [f32], max: f32) {
+    softmax_exp::exp_sub_max(s, max)
+}
+
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use super::{AttnSeg, Backend, ComputePath, OpCounts};
