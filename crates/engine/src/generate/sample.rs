@@ -9,9 +9,9 @@
 //! sense as speculative greedy: the same tokens, not merely the same distribution.
 //!
 //! The filters act on the temperature-scaled distribution, in this order: `top_k` keeps the k
-//! most likely tokens (ties to the lowest id), `top_p` the smallest most-likely set whose probability reaches p (after
-//! `top_k`), `min_p` the tokens at least `min_p` times as likely as the most likely one. The
-//! draw walks the kept tokens in id order. Weights are f32 from the attention softmax's
+//! most likely tokens (ties to the lowest id), `top_p` the smallest most-likely set whose
+//! probability reaches p (after `top_k`), `min_p` the tokens at least `min_p` times as likely
+//! as the most likely one. The draw walks the kept tokens in id order. Weights are f32 from the attention softmax's
 //! exponential (the same bits on every path and machine); sums are f64, in id order.
 
 use crate::engine::argmax;
@@ -37,8 +37,8 @@ impl Default for Sampling {
     }
 }
 
-/// Largest accepted temperature (vLLM allows any; beyond this the distribution is flat to
-/// within f64 precision anyway for real logits).
+/// Largest accepted temperature (the server's API allows up to 2, as OpenAI's does; `run`
+/// allows this much).
 pub const MAX_TEMPERATURE: f32 = 100.0;
 
 impl Sampling {
